@@ -1,0 +1,121 @@
+"""File helpers shared by every step: atomic outputs and Parquet with features kept as float32."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .columns import feature_columns, metadata_columns
+
+ROW_GROUP_SIZE = 65_536
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the file, column or setting."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    No reader ever sees a half-written file, and a failed step leaves nothing behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a small table atomically; format from the suffix (.parquet, .csv, .md)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            raise ValueError(f"unsupported table suffix: {path}")
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def profile_schema(df: pd.DataFrame) -> pa.Schema:
+    """Metadata as strings, features as float32: the layout of every per-cell and per-well Parquet."""
+    fields = []
+    for col in df.columns:
+        if col.startswith("Metadata_"):
+            fields.append(pa.field(col, pa.string()))
+        else:
+            fields.append(pa.field(col, pa.float32()))
+    return pa.schema(fields)
+
+
+def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
+    schema = schema or profile_schema(df)
+    arrays = []
+    for field in schema:
+        col = df[field.name]
+        if pa.types.is_string(field.type):
+            values = col.astype(object).where(col.notna(), None)
+            arrays.append(pa.array([None if v is None else str(v) for v in values], type=pa.string()))
+        else:
+            arrays.append(pa.array(np.asarray(col, dtype=np.float32), type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_profiles(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a per-cell or per-well table (``Metadata_*`` strings + float32 features) atomically."""
+    with atomic_path(path) as tmp:
+        pq.write_table(to_arrow(df), tmp, row_group_size=ROW_GROUP_SIZE)
+
+
+def parquet_columns(path: str | os.PathLike) -> list[str]:
+    return list(pq.read_schema(path).names)
+
+
+def read_profiles(
+    path: str | os.PathLike, features: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Read metadata (DataFrame) and features (float32 matrix) of a profile Parquet.
+
+    ``features`` selects and orders feature columns; a missing one is an error naming the file.
+    """
+    names = parquet_columns(path)
+    meta_cols = metadata_columns(names)
+    if features is None:
+        features = feature_columns(names)
+    else:
+        missing = [f for f in features if f not in set(names)]
+        if missing:
+            raise InputError(
+                f"{path}: {len(missing)} feature(s) required by the model/feature list are missing, "
+                f"e.g. {missing[:5]}"
+            )
+    table = pq.read_table(path, columns=list(meta_cols) + list(features))
+    meta = table.select(meta_cols).to_pandas()
+    if features:
+        x = np.column_stack(
+            [table.column(f).to_numpy(zero_copy_only=False).astype(np.float32, copy=False) for f in features]
+        )
+    else:
+        x = np.empty((table.num_rows, 0), dtype=np.float32)
+    return meta, x, list(features)
