@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .columns import feature_columns, metadata_columns
+from .columns import metadata_columns
 
 ROW_GROUP_SIZE = 65_536
 
@@ -97,12 +97,13 @@ def read_profiles(
 ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """Read metadata (DataFrame) and features (float32 matrix) of a profile Parquet.
 
-    ``features`` selects and orders feature columns; a missing one is an error naming the file.
+    ``features`` selects and orders feature columns (default: every non-``Metadata_`` column, so
+    learned embeddings work too); a missing one is an error naming the file.
     """
     names = parquet_columns(path)
     meta_cols = metadata_columns(names)
     if features is None:
-        features = feature_columns(names)
+        features = [c for c in names if c not in set(meta_cols)]
     else:
         missing = [f for f in features if f not in set(names)]
         if missing:

@@ -1,0 +1,28 @@
+# cytoagg: raw Cell Painting plates -> normalized Parquet -> trained set model -> well profiles -> mAP.
+# The science lives in the `cytoagg` package (src/cytoagg); each rule calls one `cytoagg <step>`.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/normalize.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

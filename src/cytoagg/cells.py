@@ -1,0 +1,82 @@
+"""A plate's cells in memory: one contiguous float32 array grouped by well, with per-well offsets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .io import InputError, read_profiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlateCells:
+    """All cells of one plate, grouped by well: cells of well w are ``x[offsets[w]:offsets[w + 1]]``."""
+
+    plate: str
+    x: np.ndarray  # (n_cells, n_features) float32
+    offsets: np.ndarray  # (n_wells + 1,) int64
+    wells: np.ndarray  # (n_wells,) well names
+    perturbations: np.ndarray  # (n_wells,) perturbation of each well
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def well_index(self) -> np.ndarray:
+        """Well of each cell, (n_cells,)."""
+        return np.repeat(np.arange(len(self.wells)), self.counts)
+
+    @classmethod
+    def from_cells(cls, plate: str, x: np.ndarray, well: np.ndarray, perturbation: np.ndarray) -> "PlateCells":
+        """Group cells by well (stable), whatever their order on disk."""
+        well = np.asarray(well).astype(str)
+        order = np.argsort(well, kind="stable")
+        well_sorted = well[order]
+        starts = np.r_[0, np.flatnonzero(well_sorted[1:] != well_sorted[:-1]) + 1]
+        offsets = np.r_[starts, len(well_sorted)].astype(np.int64)
+        x_sorted = np.ascontiguousarray(x[order], dtype=np.float32)
+        return cls(plate, x_sorted, offsets, well_sorted[starts], np.asarray(perturbation).astype(str)[order][starts])
+
+
+
+def load_plate_cells(
+    path, features: list[str], *, plate: str, well_col: str, perturbation_col: str
+) -> tuple[PlateCells, pd.DataFrame, pd.Series]:
+    """Read a normalized plate: its cells grouped by well, each well's metadata, and cells dropped per well.
+
+    Cells with NaN/inf in any of ``features`` are dropped (counted per well); a well left with no
+    cell disappears.
+    """
+    meta, x, _ = read_profiles(path, features)
+    for col in (well_col, perturbation_col):
+        if col not in meta.columns:
+            raise InputError(f"{path}: metadata column {col!r} not found (have {sorted(meta.columns)[:10]}...)")
+    finite = np.isfinite(x).all(axis=1)
+    dropped = meta.loc[~finite, well_col].value_counts().sort_index()
+    if len(dropped):
+        log.warning("%s: dropped %d cells with NaN/inf features in %d wells", path, int((~finite).sum()), len(dropped))
+    meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
+    cells = PlateCells.from_cells(plate, x, meta[well_col].to_numpy(), meta[perturbation_col].to_numpy())
+    return cells, well_metadata(meta, well_col), dropped
+
+
+def well_metadata(meta: pd.DataFrame, well_col: str) -> pd.DataFrame:
+    """One row per well (sorted by well): the metadata columns that are constant within every well, plus n_cells."""
+    meta = meta.sort_values(well_col, kind="stable").reset_index(drop=True)
+    wells = meta[well_col].astype(str).to_numpy()
+    first = np.r_[0, np.flatnonzero(wells[1:] != wells[:-1]) + 1]
+    keep = {}
+    for col in meta.columns:
+        values = meta[col].astype(str).to_numpy()
+        broadcast = np.repeat(values[first], np.diff(np.r_[first, len(values)]))
+        if (values == broadcast).all():
+            keep[col] = meta[col].to_numpy()[first]
+    out = pd.DataFrame(keep)
+    out["Metadata_n_cells"] = np.diff(np.r_[first, len(wells)]).astype(str)
+    return out

@@ -1,0 +1,235 @@
+"""``cytoagg <step>``: the small CLI the Snakemake rules call, one subcommand per step.
+
+Files are flags; a step's settings come as one JSON object (``--params``), the config section
+the rule passes through, so each step runs the same with or without Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .io import InputError
+
+log = logging.getLogger("cytoagg")
+
+
+def _params(args) -> dict:
+    """The step's settings; ``cytoagg_version`` (a rerun trigger the rules add) is not a setting."""
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as e:
+        raise InputError(f"--params is not valid JSON: {e}") from e
+    params.pop("cytoagg_version", None)
+    return params
+
+
+def _set_threads(threads: int) -> None:
+    """BLAS/torch threads follow the rule's threads: no oversubscription under ``--cores N``."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+
+
+def _read_list(path) -> list[str]:
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def cmd_synthetic_plate(args, p):
+    from .synthetic import SyntheticSpec, write_cellprofiler_sqlite
+
+    log.info("%s", write_cellprofiler_sqlite(SyntheticSpec.from_config(p), args.plate, args.out))
+
+
+def cmd_synthetic_platemap(args, p):
+    from .synthetic import SyntheticSpec, write_platemap
+
+    write_platemap(SyntheticSpec.from_config(p), args.out)
+
+
+def cmd_ingest(args, p):
+    from .ingest import ingest_plate
+
+    summary = ingest_plate(
+        args.source,
+        args.out,
+        plate=args.plate,
+        fmt=p.get("format", "auto"),
+        barcode_platemap=p.get("barcode_platemap"),
+        platemap_dir=p.get("platemap_dir"),
+        platemap=p.get("platemap"),
+        plate_col=p.get("plate_col", "Metadata_Plate"),
+        well_col=p.get("well_col", "Metadata_Well"),
+        compartments=tuple(p.get("compartments", ("Cells", "Cytoplasm", "Nuclei"))),
+        features=p.get("features"),
+        blocklist=p.get("blocklist"),
+    )
+    log.info("ingested %s: %s", args.plate, {k: v for k, v in summary.items() if k != "cells_per_well"})
+
+
+def cmd_normalize(args, p):
+    from .normalize import normalize_plate
+
+    keys = ("method", "samples", "epsilon", "spherize_method", "spherize_center", "well_center", "memory_mb")
+    summary = normalize_plate(args.src, args.out, well_col=p.get("well_col", "Metadata_Well"), **{k: p[k] for k in keys if k in p})
+    log.info("normalized: %s", summary)
+
+
+def cmd_select_features(args, p):
+    from .feature_select import fit_feature_selection
+
+    keys = ("operations", "freq_cut", "unique_cut", "corr_threshold", "na_cutoff", "blocklist", "max_cells", "seed")
+    kept = fit_feature_selection(args.plates, args.out, **{k: p[k] for k in keys if k in p})
+    log.info("kept %d features", len(kept))
+
+
+def _annotation(p):
+    from .train import Annotation
+
+    return Annotation(
+        well_col=p["well_col"],
+        perturbation_col=p["perturbation_col"],
+        negcon_col=p.get("negcon_col"),
+        negcon_value=p.get("negcon_value"),
+        validation_compounds=p["validation_compounds"],
+        split_seed=p.get("split_seed", 0),
+    )
+
+
+def cmd_train(args, p):
+    from .train import TrainSettings, train_model
+
+    if len(args.plate_names) != len(args.plates):
+        raise InputError("--plate-names and --plates must have the same length")
+    result = train_model(
+        dict(zip(args.plate_names, args.plates)),
+        _read_list(args.features),
+        args.out_model,
+        args.out_log,
+        settings=TrainSettings.from_config(p["train"]),
+        annotation=_annotation(p),
+        normalization=p.get("normalization"),
+        threads=args.threads,
+    )
+    log.info("trained: %s", result)
+
+
+def cmd_embed(args, p):
+    from .embed import embed_plate
+
+    embed_plate(
+        args.normalized, args.checkpoint, args.out, plate=args.plate, well_col=p["well_col"],
+        perturbation_col=p["perturbation_col"], embedding=p.get("embedding", "head"),
+        device=p.get("device", "auto"), threads=args.threads,
+    )
+
+
+def cmd_aggregate(args, p):
+    from .aggregate import aggregate_plate
+
+    aggregate_plate(
+        args.normalized, _read_list(args.features), args.out, method=args.method, plate=args.plate,
+        well_col=p["well_col"], perturbation_col=p["perturbation_col"],
+    )
+
+
+def cmd_evaluate(args, p):
+    from .evaluate import evaluate_plate
+
+    evaluate_plate(
+        args.profiles, args.out, perturbation_col=p["perturbation_col"], well_col=p["well_col"],
+        plate_col=p.get("plate_col", "Metadata_Plate"), negcon_col=p.get("negcon_col"),
+        negcon_value=p.get("negcon_value"), negcon_as_negatives=p.get("negcon_as_negatives", False),
+    )
+
+
+def cmd_summarize(args, p):
+    import pandas as pd
+
+    from .io import write_table, write_text
+    from .summarize import map_per_plate, seed_table, to_markdown
+
+    if len(args.methods) != len(args.ap):
+        raise InputError("--methods and --ap must have the same length")
+    ap = pd.concat([pd.read_parquet(f).assign(method=m) for m, f in zip(args.methods, args.ap)], ignore_index=True)
+    long = map_per_plate(ap, p["plate_split"], p["validation_compounds"], p.get("split_seed", 0))
+    write_table(long, args.out_csv)
+    md = (
+        "# Replicate retrieval mAP per plate\n\n"
+        "Training/Validation mAP: compounds used / held out in training; PR: precision at R over all compounds; "
+        "BM: mean-aggregation baseline.\n\n" + to_markdown(seed_table(long))
+    )
+    write_text(md, args.out_md)
+
+
+def cmd_plot(args, p):
+    import pandas as pd
+
+    from . import plots
+
+    if args.kind == "map":
+        plots.plot_map_per_plate(pd.read_csv(args.inputs[0]), args.out)
+    elif args.kind == "training":
+        plots.plot_training_curve(pd.read_csv(args.inputs[0]), args.out)
+    elif args.kind == "cells_per_well":
+        frames = [pd.read_parquet(f, columns=["Metadata_Plate", "Metadata_n_cells"]) for f in args.inputs]
+        df = pd.concat(frames).rename(columns={"Metadata_Plate": "plate", "Metadata_n_cells": "n_cells"})
+        plots.plot_cells_per_well(df.astype({"n_cells": int}), args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cytoagg", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, func, *flags):
+        sp = sub.add_parser(name)
+        sp.add_argument("--params", default="{}", help="the step's settings as a JSON object")
+        sp.add_argument("--threads", type=int, default=1)
+        for flag, kw in flags:
+            sp.add_argument(flag, **kw)
+        sp.set_defaults(func=func)
+
+    req = {"required": True}
+    many = {"required": True, "nargs": "+"}
+    add("synthetic-plate", cmd_synthetic_plate, ("--plate", req), ("--out", req))
+    add("synthetic-platemap", cmd_synthetic_platemap, ("--out", req))
+    add("ingest", cmd_ingest, ("--source", req), ("--out", req), ("--plate", req))
+    add("normalize", cmd_normalize, ("--src", req), ("--out", req))
+    add("select-features", cmd_select_features, ("--plates", many), ("--out", req))
+    add("train", cmd_train, ("--plate-names", many), ("--plates", many), ("--features", req), ("--out-model", req), ("--out-log", req))
+    add("embed", cmd_embed, ("--normalized", req), ("--checkpoint", req), ("--out", req), ("--plate", req))
+    add("aggregate", cmd_aggregate, ("--normalized", req), ("--features", req), ("--out", req), ("--method", req), ("--plate", req))
+    add("evaluate", cmd_evaluate, ("--profiles", req), ("--out", req))
+    add("summarize", cmd_summarize, ("--methods", many), ("--ap", many), ("--out-csv", req), ("--out-md", req))
+    add("plot", cmd_plot, ("--kind", {"required": True, "choices": ["map", "training", "cells_per_well"]}), ("--inputs", many), ("--out", req))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _set_threads(args.threads)
+    try:
+        args.func(args, _params(args))
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

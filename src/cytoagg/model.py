@@ -1,0 +1,87 @@
+"""CytoSummaryNet's Deep Sets model: per-cell MLP -> pooling over a well's cells -> MLP head."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    n_features: int
+    cell_hidden: int = 2048
+    head_hidden: int = 256
+    out_dim: int = 2048
+    pooling: str = "sum"  # sum (the paper) | mean
+    head: str = "paper"  # paper: Linear-LeakyReLU-Linear-LeakyReLU | batchnorm: BN after each linear, L2-normalized out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DeepSets(nn.Module):
+    """``head(pool_i(cell_net(x_i)))``: invariant to the order of a well's cells by construction."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        if spec.pooling not in ("sum", "mean"):
+            raise ValueError(f"train.pooling must be 'sum' or 'mean', got {spec.pooling!r}")
+        if spec.head not in ("paper", "batchnorm"):
+            raise ValueError(f"train.head must be 'paper' or 'batchnorm', got {spec.head!r}")
+        self.spec = spec
+        self.cell_net = nn.Sequential(nn.Linear(spec.n_features, spec.cell_hidden), nn.LeakyReLU())
+        if spec.head == "paper":
+            self.head = nn.Sequential(
+                nn.Linear(spec.cell_hidden, spec.head_hidden),
+                nn.LeakyReLU(),
+                nn.Linear(spec.head_hidden, spec.out_dim),
+                nn.LeakyReLU(),
+            )
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(spec.cell_hidden, spec.head_hidden),
+                nn.BatchNorm1d(spec.head_hidden),
+                nn.LeakyReLU(),
+                nn.Linear(spec.head_hidden, spec.out_dim),
+                nn.BatchNorm1d(spec.out_dim),
+            )
+
+    def pool_sets(self, cells: torch.Tensor) -> torch.Tensor:
+        """``cells``: (n_sets, n_cells, n_features), equal-size sets -> pooled (n_sets, cell_hidden)."""
+        h = self.cell_net(cells)
+        return h.sum(dim=1) if self.spec.pooling == "sum" else h.mean(dim=1)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        z = self.head(pooled)
+        return F.normalize(z, dim=-1) if self.spec.head == "batchnorm" else z
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:
+        return self.project(self.pool_sets(cells))
+
+    @torch.no_grad()
+    def pool_wells(self, x: torch.Tensor, well_index: torch.Tensor, n_wells: int, chunk_cells: int = 65_536) -> torch.Tensor:
+        """Pool ALL cells of every well (no sampling), streaming cells in chunks.
+
+        ``x``: (n_cells, n_features); ``well_index``: (n_cells,) well of each cell. Only one chunk's
+        activations (chunk_cells x cell_hidden) exist at a time, whatever a well's size.
+        """
+        pooled = torch.zeros(n_wells, self.spec.cell_hidden, dtype=torch.float32, device=x.device)
+        for start in range(0, x.shape[0], chunk_cells):
+            h = self.cell_net(x[start : start + chunk_cells]).float()
+            pooled.index_add_(0, well_index[start : start + chunk_cells], h)
+        if self.spec.pooling == "mean":
+            counts = torch.bincount(well_index, minlength=n_wells).clamp(min=1).to(pooled)
+            pooled = pooled / counts[:, None]
+        return pooled
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, CPU otherwise. Asking for ``cuda`` without a GPU is an error, not a silent fallback."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(setting)

@@ -1,0 +1,70 @@
+"""The CytoSummaryNet set sampler: drawing a batch of sets is index arithmetic on a plate's cell store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cells import PlateCells
+
+
+@dataclass(frozen=True)
+class SetSizeSchedule:
+    """Cells per set, redrawn after every step from N(mean, std) until >= minimum and even (the paper: 1500, 800, 100)."""
+
+    mean: float = 1500.0
+    std: float = 800.0
+    minimum: int = 100
+
+    def draw(self, rng: np.random.Generator) -> int:
+        while True:
+            n = int(round(rng.normal(self.mean, self.std)))
+            if n >= self.minimum and n % 2 == 0:
+                return n
+
+
+class SetSampler:
+    """Draws batches of sets from one plate's training compounds.
+
+    One training item is one compound; it yields ``n_views`` sets, each taking 1 or 2 of the
+    compound's wells at random and ``n_cells // n_wells`` cells from each, with replacement.
+    Positives are sets of the same compound (on the same plate, since a batch is one plate).
+    """
+
+    def __init__(self, plate: PlateCells, compounds: list[str], n_views: int = 4, max_wells_per_set: int = 2):
+        self.plate = plate
+        self.n_views = n_views
+        self.max_wells_per_set = max_wells_per_set
+        wells_of = {c: np.flatnonzero(plate.perturbations == c) for c in compounds}
+        self.compounds = [c for c in compounds if len(wells_of[c]) > 0]
+        width = max((len(wells_of[c]) for c in self.compounds), default=1)
+        # Compound k's wells are table[k, :n_wells[k]]: a rectangular table keeps the draw vectorized.
+        self.n_wells = np.array([len(wells_of[c]) for c in self.compounds], dtype=np.int64)
+        self.table = np.zeros((len(self.compounds), width), dtype=np.int64)
+        for k, c in enumerate(self.compounds):
+            self.table[k, : len(wells_of[c])] = wells_of[c]
+        self.starts = plate.offsets[:-1]
+        self.counts = plate.counts
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """The plate's compounds (indices) shuffled into batches; a last batch of 1 is dropped (no negatives)."""
+        order = rng.permutation(len(self.compounds))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return [c for c in chunks if len(c) >= 2]
+
+    def sample(self, compound_idx: np.ndarray, n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Cell indices (n_sets, n_cells) into ``plate.x`` and the set labels (n_sets,)."""
+        labels = np.repeat(compound_idx, self.n_views)
+        n_avail = self.n_wells[labels]
+        n_sets = len(labels)
+        n_use = np.minimum(rng.integers(1, self.max_wells_per_set + 1, n_sets), n_avail)
+        # Pick n_use distinct wells per set: the first n_use of a random permutation of the compound's wells.
+        keys = rng.random((n_sets, self.table.shape[1]))
+        keys[np.arange(self.table.shape[1])[None, :] >= n_avail[:, None]] = np.inf
+        picked = np.take_along_axis(self.table[labels], np.argsort(keys, axis=1), axis=1)
+        # Cell slot j of a set belongs to well slot (j * n_use) // n_cells: equal shares per well.
+        slot = (np.arange(n_cells)[None, :] * n_use[:, None]) // n_cells
+        well = np.take_along_axis(picked, slot, axis=1)
+        offset = np.floor(rng.random((n_sets, n_cells)) * self.counts[well]).astype(np.int64)
+        return self.starts[well] + offset, labels

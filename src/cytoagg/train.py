@@ -1,0 +1,289 @@
+"""Training a CytoSummaryNet-style set model on the training plates' training compounds.
+
+The checkpoint is selected by validation mAP, computed for real (all cells of every well, the
+same AP as the evaluation step) on the validation compounds of the training plates. A state file
+written after every epoch lets a killed job resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .cells import PlateCells, load_plate_cells
+from .io import InputError, atomic_path, write_table
+from .loss import LOSSES
+from .metrics import average_precision
+from .model import DeepSets, ModelSpec, pick_device
+from .sampling import SetSampler, SetSizeSchedule
+from .splits import split_compounds
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "cytoagg-model-1"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 100
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    batch_compounds: int = 18
+    n_views: int = 4
+    max_wells_per_set: int = 2
+    cells_mean: float = 1500.0
+    cells_std: float = 800.0
+    cells_min: int = 100
+    cell_hidden: int = 2048
+    head_hidden: int = 256
+    out_dim: int = 2048
+    pooling: str = "sum"
+    head: str = "paper"
+    loss: str = "supcon"
+    temperature: float = 0.1
+    margin: float = 0.2
+    seed: int = 42
+    patience: int | None = None
+    eval_every: int = 1
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TrainSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in cfg.items() if k in names})
+
+    def model_spec(self, n_features: int) -> ModelSpec:
+        return ModelSpec(n_features, self.cell_hidden, self.head_hidden, self.out_dim, self.pooling, self.head)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Which metadata columns mean what, and which compounds are held out."""
+
+    well_col: str = "Metadata_Well"
+    perturbation_col: str = "Metadata_broad_sample"
+    negcon_col: str | None = None  # default: the perturbation column
+    negcon_value: str | None = "DMSO"
+    validation_compounds: float | list = 0.25
+    split_seed: int = 0
+
+
+NEGCON = "__negcon__"  # label of negative-control wells inside training: never a training or validation compound
+
+
+def _load_training_plate(plate: str, path, features: list[str], annotation: Annotation) -> PlateCells:
+    cells, wells, _ = load_plate_cells(
+        path, features, plate=plate, well_col=annotation.well_col, perturbation_col=annotation.perturbation_col
+    )
+    if annotation.negcon_value is not None:
+        col = annotation.negcon_col or annotation.perturbation_col
+        if col not in wells.columns:
+            raise InputError(f"{path}: negative-control column {col!r} not found or not constant within wells")
+        cells.perturbations = np.where(wells[col].astype(str).to_numpy() == str(annotation.negcon_value), NEGCON, cells.perturbations)
+    return cells
+
+
+def _plate_map(model: DeepSets, plates: list[PlateCells], compounds: set[str], device, use_head: bool = True) -> float:
+    """Mean over plates of per-plate mAP (mean over compounds of their wells' AP), all cells per well."""
+    per_plate = []
+    model.eval()
+    for p in plates:
+        keep = np.isin(p.perturbations, list(compounds))
+        if keep.sum() < 2:
+            continue
+        prof = embed_cells(model, p, device, use_head)[keep]
+        ap = average_precision(prof, p.perturbations[keep])
+        ap["compound"] = p.perturbations[keep]
+        by_compound = ap.dropna(subset=["average_precision"]).groupby("compound")["average_precision"].mean()
+        if len(by_compound):
+            per_plate.append(by_compound.mean())
+    model.train()
+    return float(np.mean(per_plate)) if per_plate else float("nan")
+
+
+def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = True) -> np.ndarray:
+    """Profiles of every well of a plate from ALL its cells: (n_wells, dim) float32."""
+    x = torch.from_numpy(plate.x).to(device)
+    idx = torch.from_numpy(plate.well_index).to(device)
+    with torch.no_grad(), _autocast(device):
+        pooled = model.pool_wells(x, idx, len(plate.wells))
+        out = model.project(pooled) if use_head else pooled
+    return out.float().cpu().numpy()
+
+
+def _autocast(device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _fingerprint(paths: dict, features: list[str], settings: TrainSettings, annotation: Annotation) -> str:
+    """What a resumable state must match: inputs (size, mtime), features and every setting."""
+    h = hashlib.sha256()
+    for plate in sorted(paths):
+        st = os.stat(paths[plate])
+        h.update(f"{plate}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(json.dumps([features, asdict(settings), asdict(annotation), __version__], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a cytoagg checkpoint safely (``weights_only=True``: tensors and plain Python values only)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise InputError(f"{path}: not a readable cytoagg checkpoint ({e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a cytoagg checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    return payload
+
+
+def model_from_checkpoint(payload: dict, device) -> DeepSets:
+    model = DeepSets(ModelSpec(**payload["model_spec"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
+
+
+def train_model(
+    plate_paths: dict[str, str],
+    features: list[str],
+    out_model: str | os.PathLike,
+    out_log: str | os.PathLike,
+    *,
+    settings: TrainSettings,
+    annotation: Annotation,
+    normalization: dict | None = None,
+    threads: int = 1,
+    resume: bool = True,
+) -> dict:
+    """Train on ``plate_paths`` (the training plates' normalized Parquets) and write the best checkpoint."""
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(settings.device)
+    log.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(plate_paths), len(features))
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+
+    plates = [_load_training_plate(plate, path, features, annotation) for plate, path in sorted(plate_paths.items())]
+    compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
+    split = split_compounds(compounds, annotation.validation_compounds, annotation.split_seed)
+    train_compounds = {c for c, s in split.items() if s == "train"}
+    val_compounds = {c for c, s in split.items() if s == "validation"}
+    log.info("%d training compounds, %d validation compounds", len(train_compounds), len(val_compounds))
+    if not train_compounds:
+        raise InputError("splits.validation_compounds leaves no training compound")
+    samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, settings.max_wells_per_set) for p in plates]
+    schedule = SetSizeSchedule(settings.cells_mean, settings.cells_std, settings.cells_min)
+
+    model = DeepSets(settings.model_spec(len(features))).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    loss_fn = LOSSES.get(settings.loss)
+    if loss_fn is None:
+        raise InputError(f"train.loss must be one of {sorted(LOSSES)}, got {settings.loss!r}")
+    loss_kw = {"temperature": settings.temperature} if settings.loss == "supcon" else {"margin": settings.margin}
+
+    out_model = Path(out_model)
+    state_path = out_model.with_name("resume_state.pt")
+    fingerprint = _fingerprint(plate_paths, features, settings, annotation)
+    history: list[dict] = []
+    best: dict | None = None
+    start_epoch, since_best = 0, 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            history, best, since_best = json.loads(state["history"]), state["best"], state["since_best"]
+            start_epoch = state["epoch"] + 1
+            log.info("resuming from epoch %d (state %s)", start_epoch, state_path)
+        else:
+            log.info("ignoring %s: it was written for other inputs or settings", state_path)
+
+    def payload(epoch: int, val_map: float) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "cytoagg_version": __version__,
+            "model_spec": model.spec.to_dict(),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "features": list(features),
+            "normalization": dict(normalization or {}),
+            "train_settings": asdict(settings),
+            "annotation": asdict(annotation),
+            "epoch": epoch,
+            "val_mAP": val_map,
+            "train_plates": sorted(plate_paths),
+        }
+
+    from tqdm import tqdm
+
+    bar = tqdm(range(start_epoch, settings.epochs), desc="train", mininterval=5.0, initial=start_epoch, total=settings.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
+        losses = []
+        for j in rng.permutation(len(batches)):
+            k, compound_idx = batches[j]
+            idx, labels = samplers[k].sample(compound_idx, schedule.draw(rng), rng)
+            x = torch.from_numpy(plates[k].x[idx]).to(device, non_blocking=True)
+            with _autocast(device):
+                emb = model(x)
+            loss = loss_fn(emb, torch.from_numpy(labels).to(device), **loss_kw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        row = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "n_steps": len(losses)}
+        if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
+            row["train_mAP"] = _plate_map(model, plates, train_compounds, device)
+            row["val_mAP"] = _plate_map(model, plates, val_compounds, device) if val_compounds else float("nan")
+            score = row["val_mAP"] if val_compounds else float(epoch)
+            if best is None or score > best["score"]:
+                best, since_best = {"score": score, "epoch": epoch}, 0
+                _save(payload(epoch, row["val_mAP"]), out_model.with_name("best_model.pt.partial"))
+            else:
+                since_best += 1
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val_mAP=f"{row.get('val_mAP', float('nan')):.3f}")
+        _save(
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": json.dumps(rng.bit_generator.state),
+                "history": json.dumps(history),
+                "best": best,
+                "since_best": since_best,
+            },
+            state_path,
+        )
+        if settings.patience is not None and since_best >= settings.patience:
+            log.info("early stop at epoch %d: no validation mAP gain for %d evaluations", epoch, since_best)
+            break
+    bar.close()
+
+    best_path = out_model.with_name("best_model.pt.partial")
+    os.replace(best_path, out_model)
+    write_table(pd.DataFrame(history), out_log)
+    state_path.unlink(missing_ok=True)
+    log.info("best epoch %d (selection score %.4f)", best["epoch"], best["score"])
+    return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(history)}

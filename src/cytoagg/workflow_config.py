@@ -1,0 +1,63 @@
+"""Checks of a cytoagg config that a JSON schema cannot express; run when the Snakefile is parsed,
+so a bad config fails before any job with a message naming the key."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from .io import InputError
+from .platemap import platemap_name, platemap_path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def check_config(config: dict) -> None:
+    train, validation = config["plates"]["train"], config["plates"]["validation"]
+    for key, plates in (("plates.train", train), ("plates.validation", validation)):
+        dup = [p for p, n in Counter(plates).items() if n > 1]
+        if dup:
+            raise ConfigError(f"config key {key}: plate(s) listed twice: {dup}")
+    both = sorted(set(train) & set(validation))
+    if both:
+        raise ConfigError(f"config keys plates.train and plates.validation share plate(s) {both}")
+    pattern = config["dataset"]["path"]
+    if pattern is not None:
+        if "{plate}" not in pattern:
+            raise ConfigError(f"config key dataset.path must contain '{{plate}}', got {pattern!r}")
+        for key, plates in (("plates.train", train), ("plates.validation", validation)):
+            for plate in plates:
+                path = pattern.format(plate=plate)
+                if not os.path.exists(path):
+                    raise ConfigError(f"config key {key}: plate {plate!r} not found: {path} does not exist (dataset.path)")
+    checkpoint = config["train"]["checkpoint"]
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise ConfigError(f"config key train.checkpoint: {checkpoint} does not exist")
+    for key in ("barcode_platemap", "platemap_dir", "platemap"):
+        value = config["dataset"].get(key)
+        if value is not None and not os.path.exists(value):
+            raise ConfigError(f"config key dataset.{key}: {value} does not exist")
+    if (config["dataset"].get("barcode_platemap") is None) != (config["dataset"].get("platemap_dir") is None):
+        raise ConfigError("config keys dataset.barcode_platemap and dataset.platemap_dir go together: set both or neither")
+
+
+def resolve_platemaps(dataset: dict, plates: list[str]) -> dict[str, str | None]:
+    """Each plate's own platemap file.
+
+    Rules take that one file as input (not barcode_platemap.csv), so adding a plate's row to
+    barcode_platemap.csv does not rerun the other plates.
+    """
+    if dataset.get("platemap"):
+        return {p: dataset["platemap"] for p in plates}
+    if not dataset.get("barcode_platemap"):
+        return {p: None for p in plates}
+    try:
+        return {
+            p: str(platemap_path(platemap_name(p, dataset["barcode_platemap"]), dataset["platemap_dir"]))
+            for p in plates
+        }
+    except InputError as e:
+        raise ConfigError(f"config key dataset.barcode_platemap: {e}") from e

@@ -1,0 +1,113 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cytoagg import sampling
+from cytoagg.embed import embed_plate
+from cytoagg.io import InputError, read_profiles
+from cytoagg.train import Annotation, TrainSettings, load_checkpoint, train_model
+
+SMALL = TrainSettings(
+    epochs=4, lr=1e-3, batch_compounds=8, cells_mean=40, cells_std=10, cells_min=10,
+    cell_hidden=32, head_hidden=16, out_dim=16, seed=3, eval_every=2,
+)
+ANN = Annotation(validation_compounds=0.25, split_seed=0)
+
+
+def train(tmp_path, tiny_plates, settings=SMALL, name="m", **kw):
+    paths, features = tiny_plates
+    out = tmp_path / name / "model.pt"
+    log = tmp_path / name / "log.csv"
+    result = train_model({p: paths[p] for p in ("P1", "P2")}, features, out, log, settings=settings, annotation=ANN, threads=1, **kw)
+    return out, log, result
+
+
+def test_checkpoint_contents_and_log(tmp_path, tiny_plates):
+    out, log, result = train(tmp_path, tiny_plates)
+    ckpt = load_checkpoint(out)
+    assert ckpt["features"] == tiny_plates[1]
+    assert ckpt["train_plates"] == ["P1", "P2"]
+    assert ckpt["model_spec"]["n_features"] == len(tiny_plates[1])
+    hist = pd.read_csv(log)
+    assert list(hist.epoch) == [0, 1, 2, 3]
+    assert hist.val_mAP.notna().sum() == 2  # eval_every=2
+    assert ckpt["epoch"] == result["best_epoch"]
+    assert ckpt["val_mAP"] == pytest.approx(hist.val_mAP.max())
+    assert not (out.parent / "resume_state.pt").exists()  # removed once training finished
+
+
+def test_same_seed_same_checkpoint(tmp_path, tiny_plates):
+    a, la, _ = train(tmp_path, tiny_plates, name="a")
+    b, lb, _ = train(tmp_path, tiny_plates, name="b")
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    pd.testing.assert_frame_equal(pd.read_csv(la).drop(columns="seconds"), pd.read_csv(lb).drop(columns="seconds"))
+
+
+def test_resume_after_kill_gives_same_checkpoint(tmp_path, tiny_plates, monkeypatch):
+    full, full_log, _ = train(tmp_path, tiny_plates, name="full")
+
+    calls = {"n": 0}
+    original = sampling.SetSampler.batches
+
+    def dies_in_epoch_2(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 2 plates per epoch: the 5th call is epoch 2
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(sampling.SetSampler, "batches", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, tiny_plates, name="killed")
+    assert (tmp_path / "killed" / "resume_state.pt").exists()
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    monkeypatch.setattr(sampling.SetSampler, "batches", original)
+    resumed, resumed_log, _ = train(tmp_path, tiny_plates, name="killed")
+    for k, v in load_checkpoint(full)["state_dict"].items():
+        assert torch.equal(v, load_checkpoint(resumed)["state_dict"][k]), k
+    pd.testing.assert_frame_equal(
+        pd.read_csv(full_log).drop(columns="seconds"), pd.read_csv(resumed_log).drop(columns="seconds")
+    )
+
+
+def test_changed_settings_do_not_resume(tmp_path, tiny_plates, caplog):
+    out, _, _ = train(tmp_path, tiny_plates, name="x")
+    state = out.parent / "resume_state.pt"
+    torch.save({"fingerprint": "other", "epoch": 2}, state)
+    with caplog.at_level("INFO"):
+        train(tmp_path, tiny_plates, name="x")
+    assert "ignoring" in caplog.text
+
+
+def test_embed_uses_all_cells_and_checkpoint_features(tmp_path, tiny_plates):
+    out, _, _ = train(tmp_path, tiny_plates)
+    paths, features = tiny_plates
+    prof = embed_plate(paths["P3"], out, tmp_path / "P3.parquet", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    meta, x, _ = read_profiles(tmp_path / "P3.parquet")
+    cells, _, _ = read_profiles(paths["P3"], features)
+    assert len(meta) == cells["Metadata_Well"].nunique()
+    assert meta["Metadata_n_cells"].astype(int).sum() == len(cells)
+    assert x.shape[1] == SMALL.out_dim and np.isfinite(x).all()
+    pooled = embed_plate(paths["P3"], out, tmp_path / "P3p.parquet", plate="P3", well_col="Metadata_Well",
+                         perturbation_col="Metadata_broad_sample", embedding="pooled")
+    assert read_profiles(tmp_path / "P3p.parquet")[1].shape[1] == SMALL.cell_hidden
+
+
+def test_embed_missing_feature_is_clear_error(tmp_path, tiny_plates):
+    out, _, _ = train(tmp_path, tiny_plates)
+    paths, features = tiny_plates
+    df = pd.read_parquet(paths["P3"]).drop(columns=[features[0]])
+    bad = tmp_path / "bad.parquet"
+    df.to_parquet(bad)
+    with pytest.raises(InputError, match=features[0]):
+        embed_plate(bad, out, tmp_path / "o.parquet", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_text("nope")
+    with pytest.raises(InputError, match="x.pt"):
+        load_checkpoint(bad)

@@ -1,0 +1,46 @@
+# Well profiles: the model's (every well from ALL its cells) and the non-learned baselines.
+
+
+rule embed:
+    input:
+        normalized=f"{R}/normalized/{{plate}}.parquet",
+        model=model_path(),
+    output:
+        f"{R}/profiles/model/{{plate}}.parquet",
+    params:
+        settings=lambda w: settings(
+            embedding=config["train"]["embedding"], device=config["train"]["device"], **ANNOTATION
+        ),
+    log:
+        f"{R}/logs/embed/{{plate}}.log",
+    benchmark:
+        f"{R}/benchmarks/embed/{{plate}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w, input: input_mb(input, factor=4, floor=1500),
+        runtime=60,
+        gpu=1 if use_gpu() else 0,
+    shell:
+        "cytoagg embed --normalized {input.normalized:q} --checkpoint {input.model:q} --out {output:q} "
+        "--plate {wildcards.plate:q} --threads {threads} --params {params.settings:q} 2> {log:q}"
+
+
+rule aggregate:
+    input:
+        normalized=f"{R}/normalized/{{plate}}.parquet",
+        features=f"{R}/features.txt",
+    output:
+        f"{R}/profiles/{{baseline}}/{{plate}}.parquet",
+    params:
+        settings=lambda w: settings(**ANNOTATION),
+    log:
+        f"{R}/logs/aggregate/{{baseline}}/{{plate}}.log",
+    benchmark:
+        f"{R}/benchmarks/aggregate/{{baseline}}/{{plate}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w, input: input_mb(input, factor=3, floor=1000),
+        runtime=30,
+    shell:
+        "cytoagg aggregate --normalized {input.normalized:q} --features {input.features:q} --out {output:q} "
+        "--method {wildcards.baseline:q} --plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"

@@ -1,0 +1,42 @@
+# Per-plate normalization (statistics fit on that plate only), then feature selection fit on the
+# training plates only and applied to every plate downstream.
+
+
+rule normalize:
+    input:
+        f"{R}/ingested/{{plate}}.parquet",
+    output:
+        f"{R}/normalized/{{plate}}.parquet",
+    params:
+        settings=lambda w: settings(well_col=MD["well"], **config["normalize"]),
+    log:
+        f"{R}/logs/normalize/{{plate}}.log",
+    benchmark:
+        f"{R}/benchmarks/normalize/{{plate}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w: config["normalize"]["memory_mb"] + 1000,
+        runtime=60,
+    shell:
+        "cytoagg normalize --src {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+
+
+rule select_features:
+    input:
+        expand(f"{R}/normalized/{{plate}}.parquet", plate=TRAIN_PLATES),
+    output:
+        f"{R}/features.txt",
+    params:
+        settings=lambda w: settings(
+            blocklist=config["dataset"]["blocklist"] or None, **config["feature_select"]
+        ),
+    log:
+        f"{R}/logs/select_features.log",
+    benchmark:
+        f"{R}/benchmarks/select_features.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w: 2000 + config["feature_select"]["max_cells"] // 100,
+        runtime=30,
+    shell:
+        "cytoagg select-features --plates {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"

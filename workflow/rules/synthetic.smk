@@ -1,0 +1,35 @@
+# The built-in dataset, generated when the config names no data (dataset.path: null).
+
+
+rule synthetic_plate:
+    output:
+        f"{R}/synthetic/plates/{{plate}}.sqlite",
+    params:
+        settings=lambda w: settings(**config["synthetic"]),
+    log:
+        f"{R}/logs/synthetic_plate/{{plate}}.log",
+    benchmark:
+        f"{R}/benchmarks/synthetic_plate/{{plate}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "cytoagg synthetic-plate --plate {wildcards.plate:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+
+
+rule synthetic_platemap:
+    output:
+        f"{R}/synthetic/platemap/synthetic_platemap.txt",
+    params:
+        settings=lambda w: settings(**config["synthetic"]),
+    log:
+        f"{R}/logs/synthetic_platemap.log",
+    benchmark:
+        f"{R}/benchmarks/synthetic_platemap.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "cytoagg synthetic-platemap --out {output:q} --params {params.settings:q} 2> {log:q}"
