@@ -18,7 +18,7 @@ from cytoagg.metrics import (
 )
 
 REALDATA = "realdata/fibrosis_dmso_4plates"
-REALDATA_DIRS = [Path(__file__).parent / "data" / REALDATA, Path("/work/shared") / REALDATA]
+REALDATA_DIR = Path(__file__).parent / "data" / REALDATA
 
 
 # --- hand-computed ---------------------------------------------------------------------------
@@ -199,18 +199,14 @@ def test_mean_average_precision_matches_copairs(tmp_path):
 
 
 def realdata_plates() -> list[Path]:
-    for folder in REALDATA_DIRS:
-        plates = sorted(folder.glob("*.parquet"))
-        if plates:
-            return plates
-    return []
+    plates = sorted(REALDATA_DIR.glob("*.parquet"))
+    assert len(plates) == 4, f"expected the 4 fibrosis plates in {REALDATA_DIR}"
+    return plates
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_matches_copairs_on_real_plates(dtype, tmp_path):
     plates = realdata_plates()
-    if not plates:
-        pytest.skip("fibrosis_dmso_4plates not available")
     all_wells = []
     for path in plates:
         cells = pd.read_parquet(path)

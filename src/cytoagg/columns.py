@@ -14,7 +14,8 @@ METADATA_PREFIX = "Metadata_"
 # CellProfiler bookkeeping columns: integers or positions that carry a compartment prefix but do not
 # measure the cell. They are never features (object ids, parent/child links, centroid positions).
 _BOOKKEEPING = re.compile(
-    r"_(ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+_Count|Location_\w+)$"
+    r"_(ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+_Count|Location_\w+"
+    r"|Neighbors_(First|Second)ClosestObjectNumber_\w+)$"
 )
 
 

@@ -263,6 +263,7 @@ def write_cellprofiler_sqlite(spec: SyntheticSpec, plate: str, out: str | Path, 
                 ints = [image_of_cell, obj] + [obj] * len(links)
                 rows = zip(*(a.tolist() for a in ints), *(block[:, i].tolist() for i in range(f)))
                 con.executemany(f"INSERT INTO Per_{comp} VALUES ({', '.join('?' * len(cols))})", rows)
+                con.execute(f"CREATE INDEX Per_{comp}_image ON Per_{comp} (ImageNumber)")
             con.commit()
         finally:
             con.close()

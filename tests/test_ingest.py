@@ -1,0 +1,322 @@
+"""Ingest on real plates (SQLite, CellProfiler CSV folders, single-cell Parquet/CSV), checked against direct reads."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+try:
+    import cytoagg  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cytoagg.io import InputError
+from cytoagg.ingest import ingest_plate
+
+DATA = Path(__file__).parent / "data" / "realdata"
+NF1 = DATA / "nf1_schwann_plate1_sqlite"
+NF1_SQLITE = NF1 / "all_cellprofiler.sqlite"
+JUMP = DATA / "jump_target2_BR00121431_csv"
+FIBROSIS = DATA / "fibrosis_dmso_4plates" / "localhost240927060001_test.parquet"
+COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
+
+
+def well(name: str) -> str:
+    """Independent of cytoagg: 'C6' -> 'C06'."""
+    return f"{name[0].upper()}{int(name[1:]):02d}"
+
+
+def ingest_nf1(out: Path, **kwargs) -> dict:
+    return ingest_plate(
+        NF1_SQLITE, out, plate="001",
+        barcode_platemap=NF1 / "barcode_platemap.csv", platemap_dir=NF1, **kwargs,
+    )
+
+
+def assert_layout(path: Path) -> tuple[list[str], list[str]]:
+    """Metadata_* strings, then float32 features without bookkeeping columns; wells contiguous and sorted."""
+    schema = pq.read_schema(path)
+    meta = [f.name for f in schema if f.name.startswith("Metadata_")]
+    feats = [f.name for f in schema if not f.name.startswith("Metadata_")]
+    assert schema.names == meta + feats
+    assert all(schema.field(m).type == pa.string() for m in meta)
+    assert all(schema.field(f).type == pa.float32() for f in feats)
+    assert feats and all(f.startswith(tuple(f"{c}_" for c in COMPARTMENTS)) for f in feats)
+    assert not [f for f in feats if f.endswith(("_Number_Object_Number", "_ObjectNumber")) or "_Parent_" in f
+                or "_Location_" in f]
+    wells = pq.read_table(path, columns=["Metadata_Well"]).column(0).to_pylist()
+    assert wells == sorted(wells)
+    return meta, feats
+
+
+# ---------------------------------------------------------------- NF1 SQLite
+
+
+@pytest.fixture(scope="module")
+def nf1_reference() -> pd.DataFrame:
+    """pycytominer's merge done by hand: cytoplasm -> cells and nuclei by the cytoplasm's parent columns."""
+    with sqlite3.connect(NF1_SQLITE) as con:
+        image = pd.read_sql("SELECT ImageNumber, Image_Metadata_Well FROM Per_Image", con)
+        cyto, cells, nuclei = (pd.read_sql(f"SELECT * FROM Per_{t}", con) for t in ("Cytoplasm", "Cells", "Nuclei"))
+    ref = cyto.merge(cells, left_on=["ImageNumber", "Cytoplasm_Parent_Cells"],
+                     right_on=["ImageNumber", "Cells_Number_Object_Number"])
+    ref = ref.merge(nuclei, left_on=["ImageNumber", "Cytoplasm_Parent_Nuclei"],
+                    right_on=["ImageNumber", "Nuclei_Number_Object_Number"])
+    return ref.merge(image, on="ImageNumber")
+
+
+@pytest.fixture(scope="module")
+def nf1(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
+    out = tmp_path_factory.mktemp("nf1") / "plate.parquet"
+    summary = ingest_nf1(out)
+    return summary, pd.read_parquet(out), out
+
+
+def test_nf1_counts_match_sql(nf1):
+    summary, df, _ = nf1
+    with sqlite3.connect(NF1_SQLITE) as con:
+        rows = con.execute(
+            """SELECT i.Image_Metadata_Well, COUNT(*) FROM Per_Cytoplasm c
+               JOIN Per_Cells ce ON ce.ImageNumber = c.ImageNumber AND ce.Cells_Number_Object_Number = c.Cytoplasm_Parent_Cells
+               JOIN Per_Nuclei n ON n.ImageNumber = c.ImageNumber AND n.Nuclei_Number_Object_Number = c.Cytoplasm_Parent_Nuclei
+               JOIN Per_Image i ON i.ImageNumber = c.ImageNumber
+               GROUP BY i.Image_Metadata_Well"""
+        ).fetchall()
+    expected = {well(w): n for w, n in rows}
+    assert summary["cells_per_well"] == expected
+    assert df.groupby("Metadata_Well").size().to_dict() == expected
+    assert summary["n_cells"] == len(df) == sum(expected.values()) == 242
+    assert summary["n_wells"] == 8
+
+
+def test_nf1_values_match_direct_merge(nf1, nf1_reference):
+    _, df, path = nf1
+    _, feats = assert_layout(path)
+    assert len(feats) == df.shape[1] - len([c for c in df if c.startswith("Metadata_")])
+    ref = nf1_reference.assign(
+        Metadata_ImageNumber=nf1_reference["ImageNumber"].astype(str),
+        Metadata_ObjectNumber=nf1_reference["Cells_Number_Object_Number"].astype(str),
+    )
+    joined = df.merge(ref, on=["Metadata_ImageNumber", "Metadata_ObjectNumber"], suffixes=("", "_ref"))
+    assert len(joined) == len(df) == len(ref)
+    assert (joined["Metadata_Well"] == joined["Image_Metadata_Well"].map(well)).all()
+    for col in ["Cells_AreaShape_Area", "Cytoplasm_Intensity_MeanIntensity_GFP", "Nuclei_AreaShape_Area",
+                "Nuclei_Texture_Variance_RFP_3_00_256"]:
+        np.testing.assert_array_equal(joined[col].to_numpy(), joined[f"{col}_ref"].to_numpy(np.float32))
+
+
+def test_nf1_rows_ordered_by_well_then_image_then_object(nf1):
+    _, df, _ = nf1
+    keys = pd.DataFrame({"well": df["Metadata_Well"], "image": df["Metadata_ImageNumber"].astype(int),
+                         "object": df["Metadata_ObjectNumber"].astype(int)})
+    assert keys.equals(keys.sort_values(["well", "image", "object"]))
+
+
+def test_nf1_platemap_annotations(nf1):
+    summary, df, _ = nf1
+    platemap = pd.read_csv(NF1 / "platemap_NF1_CP.csv")
+    expected = dict(zip(platemap["well_position"].map(well), platemap["genotype"]))
+    got = df.groupby("Metadata_Well")["Metadata_genotype"].agg(lambda s: set(s)).to_dict()
+    assert got == {w: {g} for w, g in expected.items()}
+    assert set(expected.values()) == {"WT", "Null"}
+    assert (df["Metadata_Plate"] == "001").all()
+    assert "well_position" not in df and "Metadata_well_position" not in df
+    assert {"Metadata_gene_name", "Metadata_WellRow", "Metadata_WellCol", "Metadata_Site"} <= set(df.columns)
+    assert summary["unmatched_wells"] == {"platemap_without_cells": [], "cells_without_platemap": {}}
+
+
+def test_nf1_zero_padded_barcode_is_matched_with_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        ingest_nf1(tmp_path / "plate.parquet")
+    assert any("'001'" in r.getMessage() and "'1'" in r.getMessage() for r in caplog.records)
+
+
+def test_nf1_small_chunks_give_the_same_file(nf1, tmp_path):
+    _, df, _ = nf1
+    out = tmp_path / "chunked.parquet"
+    ingest_nf1(out, chunk_rows=7)
+    meta = pq.read_metadata(out)
+    assert meta.num_row_groups > 1
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 7
+    pd.testing.assert_frame_equal(pd.read_parquet(out), df)
+
+
+def test_platemap_mismatches_are_reported(tmp_path, caplog):
+    platemap = pd.read_csv(NF1 / "platemap_NF1_CP.csv", dtype=str)
+    platemap = platemap[platemap["well_position"] != "C7"]
+    platemap = pd.concat([platemap, pd.DataFrame([["G", "8", "G8", "NF1", "WT"]], columns=platemap.columns)])
+    path = tmp_path / "platemap.txt"
+    platemap.to_csv(path, sep="\t", index=False)
+    with caplog.at_level(logging.WARNING):
+        summary = ingest_plate(NF1_SQLITE, tmp_path / "plate.parquet", plate="001", platemap=path)
+    assert summary["unmatched_wells"] == {"platemap_without_cells": ["G08"], "cells_without_platemap": {"C07": 21}}
+    assert summary["n_dropped_cells"] == 21 and summary["n_cells"] == 242 - 21
+    assert "C07" not in summary["cells_per_well"]
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "G08" in messages and "C07" in messages
+
+
+def test_explicit_features_and_blocklist(tmp_path):
+    keep = ["Nuclei_AreaShape_Area", "Cells_AreaShape_Area", "Cells_AreaShape_Perimeter"]
+    summary = ingest_nf1(tmp_path / "plate.parquet", features=keep, blocklist=["Cells_AreaShape_Perimeter"])
+    names = pq.read_schema(tmp_path / "plate.parquet").names
+    assert [n for n in names if not n.startswith("Metadata_")] == keep[:2]
+    assert summary["dropped_features"]["blocklist"] == ["Cells_AreaShape_Perimeter"]
+    assert summary["n_features"] == 2
+
+
+# ---------------------------------------------------------------- JUMP CellProfiler CSV folders
+
+
+@pytest.fixture(scope="module")
+def jump_folder(tmp_path_factory) -> Path:
+    """The stored copy is gzip-compressed; CellProfiler writes plain CSV, so that is what is tested."""
+    root = tmp_path_factory.mktemp("jump") / "BR00121431"
+    for gz in JUMP.glob("*/*.csv.gz"):
+        target = root / gz.parent.name / gz.name.removesuffix(".gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(gz, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return root
+
+
+def jump_reference(site: Path) -> pd.DataFrame:
+    tables = {}
+    for c in COMPARTMENTS:
+        t = pd.read_csv(site / f"{c}.csv")
+        tables[c] = t.rename(columns={k: f"{c}_{k}" for k in t.columns if k != "ImageNumber"})
+    ref = tables["Cytoplasm"].merge(tables["Cells"], left_on=["ImageNumber", "Cytoplasm_Parent_Cells"],
+                                    right_on=["ImageNumber", "Cells_ObjectNumber"])
+    return ref.merge(tables["Nuclei"], left_on=["ImageNumber", "Cytoplasm_Parent_Nuclei"],
+                     right_on=["ImageNumber", "Nuclei_ObjectNumber"])
+
+
+def test_jump_csv_folders(jump_folder, tmp_path):
+    out = tmp_path / "plate.parquet"
+    summary = ingest_plate(jump_folder, out, plate="BR00121431")
+    assert summary["cells_per_well"] == {"A01": 89, "A02": 36}
+    _, feats = assert_layout(out)
+    df = pd.read_parquet(out)
+    assert (df["Metadata_Plate"] == "BR00121431").all()
+    for site, w in [("BR00121431-A01-1", "A01"), ("BR00121431-A02-1", "A02")]:
+        ref = jump_reference(jump_folder / site)
+        got = df[df["Metadata_Well"] == w]
+        assert len(got) == len(ref) == len(pd.read_csv(jump_folder / site / "Cells.csv"))
+        assert got["Metadata_ObjectNumber"].tolist() == ref["Cells_ObjectNumber"].astype(str).tolist()
+        for col in ["Cells_AreaShape_Area", "Cytoplasm_Intensity_MeanIntensity_Mito", "Nuclei_AreaShape_Area",
+                    "Nuclei_Texture_Variance_DNA_3_00_256"]:
+            assert col in feats
+            np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(np.float32))
+
+
+# ---------------------------------------------------------------- single-cell Parquet and CSV
+
+
+@pytest.fixture(scope="module")
+def fibrosis(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("fibrosis") / "plate.parquet"
+    return ingest_plate(FIBROSIS, out, plate="plate2", chunk_rows=100), out
+
+
+def test_fibrosis_parquet_passthrough(fibrosis):
+    summary, out = fibrosis
+    _, feats = assert_layout(out)
+    df = pd.read_parquet(out)
+    ref = pd.read_parquet(FIBROSIS).sort_values("Metadata_Well", kind="stable")
+    assert summary["cells_per_well"] == ref.groupby("Metadata_Well").size().to_dict()
+    assert summary["n_cells"] == len(ref) == 458
+    assert (df["Metadata_Plate"] == "plate2").all()
+    assert df["Metadata_cell_type"].tolist() == ref["Metadata_cell_type"].tolist()
+    assert df["Metadata_ImageNumber"].tolist() == ref["Metadata_ImageNumber"].astype(str).tolist()
+    np.testing.assert_array_equal(df[feats].to_numpy(), ref[feats].to_numpy(np.float32))
+
+
+def test_single_cell_csv_matches_parquet(fibrosis, tmp_path):
+    _, parquet_out = fibrosis
+    csv = tmp_path / "cells.csv"
+    pd.read_parquet(FIBROSIS).to_csv(csv, index=False)
+    out = tmp_path / "plate.parquet"
+    ingest_plate(csv, out, plate="plate2", chunk_rows=100)
+    a, b = pd.read_parquet(out), pd.read_parquet(parquet_out)
+    feats = [c for c in b if not c.startswith("Metadata_")]
+    assert list(a.columns) == list(b.columns)
+    np.testing.assert_array_equal(a[feats].to_numpy(), b[feats].to_numpy())
+    pd.testing.assert_frame_equal(a[["Metadata_Well", "Metadata_cell_type"]], b[["Metadata_Well", "Metadata_cell_type"]])
+    assert not list(tmp_path.glob(".ingest-*"))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def assert_rejected(source, out: Path, *names: str, **kwargs) -> None:
+    kwargs.setdefault("plate", "001")
+    with pytest.raises(InputError) as err:
+        ingest_plate(source, out, **kwargs)
+    for name in (str(source), *names):
+        assert name in str(err.value)
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_text_file_named_sqlite(tmp_path):
+    bad = tmp_path / "plate.sqlite"
+    bad.write_text("ImageNumber,Cells_AreaShape_Area\n1,2\n")
+    assert_rejected(bad, tmp_path / "out.parquet")
+
+
+def test_truncated_sqlite(tmp_path):
+    bad = tmp_path / "plate.sqlite"
+    bad.write_bytes(NF1_SQLITE.read_bytes()[: NF1_SQLITE.stat().st_size // 2])
+    assert_rejected(bad, tmp_path / "out.parquet", "truncated")
+
+
+def test_truncated_parquet(tmp_path):
+    bad = tmp_path / "plate.parquet"
+    bad.write_bytes(FIBROSIS.read_bytes()[:100_000])
+    assert_rejected(bad, tmp_path / "out.parquet", "truncated")
+
+
+def test_missing_compartment_table(tmp_path):
+    bad = tmp_path / "plate.sqlite"
+    shutil.copy(NF1_SQLITE, bad)
+    with sqlite3.connect(bad) as con:
+        con.execute("DROP TABLE Per_Nuclei")
+    assert_rejected(bad, tmp_path / "out.parquet", "Per_Nuclei")
+
+
+def test_missing_well_column_sqlite(tmp_path):
+    bad = tmp_path / "plate.sqlite"
+    shutil.copy(NF1_SQLITE, bad)
+    with sqlite3.connect(bad) as con:
+        con.execute("ALTER TABLE Per_Image RENAME COLUMN Image_Metadata_Well TO Image_Metadata_Position")
+    assert_rejected(bad, tmp_path / "out.parquet", "Metadata_Well")
+
+
+def test_missing_well_column_parquet(tmp_path):
+    bad = tmp_path / "cells.parquet"
+    pq.write_table(pq.read_table(FIBROSIS).drop_columns(["Metadata_Well"]), bad)
+    assert_rejected(bad, tmp_path / "out.parquet", "Metadata_Well")
+
+
+def test_missing_explicit_feature(tmp_path):
+    assert_rejected(NF1_SQLITE, tmp_path / "out.parquet", "Cells_AreaShape_NotThere",
+                    features=["Cells_AreaShape_Area", "Cells_AreaShape_NotThere"])
+
+
+def test_missing_compartment_csv(jump_folder, tmp_path):
+    bad = tmp_path / "plate"
+    shutil.copytree(jump_folder, bad)
+    (bad / "BR00121431-A02-1" / "Nuclei.csv").unlink()
+    with pytest.raises(InputError, match="Nuclei.csv"):
+        ingest_plate(bad, tmp_path / "out.parquet", plate="BR00121431")
+    assert not (tmp_path / "out.parquet").exists()
