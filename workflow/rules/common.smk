@@ -3,13 +3,18 @@
 
 import json
 import os
+import shlex
 import shutil
-from pathlib import Path
 
 import cytoagg
 from cytoagg.workflow_config import check_config, resolve_platemaps
 
 R = config["results"].rstrip("/")
+# Rules run this checkout's own package (python -m cytoagg from src/), also inside the conda envs of --use-conda.
+SRC = os.path.join(workflow.basedir, "src")
+# (doubled braces: Snakemake formats the prefix like the command)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+ENVS = os.path.join(workflow.basedir, "envs")
 TRAIN_PLATES = list(config["plates"]["train"])
 VALIDATION_PLATES = list(config["plates"]["validation"])
 PLATES = TRAIN_PLATES + VALIDATION_PLATES

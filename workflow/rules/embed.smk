@@ -20,8 +20,10 @@ rule embed:
         mem_mb=lambda w, input: input_mb(input, factor=4, floor=1500),
         runtime=60,
         gpu=1 if use_gpu() else 0,
+    conda:
+        f"{ENVS}/torch.yaml"
     shell:
-        "cytoagg embed --normalized {input.normalized:q} --checkpoint {input.model:q} --out {output:q} "
+        "python -m cytoagg embed --normalized {input.normalized:q} --checkpoint {input.model:q} --out {output:q} "
         "--plate {wildcards.plate:q} --threads {threads} --params {params.settings:q} 2> {log:q}"
 
 
@@ -41,6 +43,8 @@ rule aggregate:
     resources:
         mem_mb=lambda w, input: input_mb(input, factor=3, floor=1000),
         runtime=30,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg aggregate --normalized {input.normalized:q} --features {input.features:q} --out {output:q} "
+        "python -m cytoagg aggregate --normalized {input.normalized:q} --features {input.features:q} --out {output:q} "
         "--method {wildcards.baseline:q} --plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"

@@ -16,5 +16,7 @@ rule evaluate:
     resources:
         mem_mb=1000,
         runtime=30,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg evaluate --profiles {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg evaluate --profiles {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"

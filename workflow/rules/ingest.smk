@@ -26,6 +26,8 @@ rule ingest:
     resources:
         mem_mb=1500,
         runtime=60,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg ingest --source {input.raw:q} --out {output:q} --plate {wildcards.plate:q} "
+        "python -m cytoagg ingest --source {input.raw:q} --out {output:q} --plate {wildcards.plate:q} "
         "--params {params.settings:q} 2> {log:q}"

@@ -17,8 +17,10 @@ rule normalize:
     resources:
         mem_mb=lambda w: config["normalize"]["memory_mb"] + 1000,
         runtime=60,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg normalize --src {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg normalize --src {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
 
 
 rule select_features:
@@ -38,5 +40,7 @@ rule select_features:
     resources:
         mem_mb=lambda w: 2000 + config["feature_select"]["max_cells"] // 100,
         runtime=30,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg select-features --plates {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg select-features --plates {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"

@@ -25,8 +25,10 @@ rule summarize:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg summarize --methods {params.methods:q} --ap {input:q} --out-csv {output.csv:q} "
+        "python -m cytoagg summarize --methods {params.methods:q} --ap {input:q} --out-csv {output.csv:q} "
         "--out-md {output.md:q} --params {params.settings:q} 2> {log:q}"
 
 
@@ -43,8 +45,10 @@ rule plot_map:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        f"{ENVS}/plots.yaml"
     shell:
-        "cytoagg plot --kind map --inputs {input:q} --out {output:q} 2> {log:q}"
+        "python -m cytoagg plot --kind map --inputs {input:q} --out {output:q} 2> {log:q}"
 
 
 rule plot_training:
@@ -60,8 +64,10 @@ rule plot_training:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        f"{ENVS}/plots.yaml"
     shell:
-        "cytoagg plot --kind training --inputs {input:q} --out {output:q} 2> {log:q}"
+        "python -m cytoagg plot --kind training --inputs {input:q} --out {output:q} 2> {log:q}"
 
 
 rule plot_cells_per_well:
@@ -77,5 +83,7 @@ rule plot_cells_per_well:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        f"{ENVS}/plots.yaml"
     shell:
-        "cytoagg plot --kind cells_per_well --inputs {input:q} --out {output:q} 2> {log:q}"
+        "python -m cytoagg plot --kind cells_per_well --inputs {input:q} --out {output:q} 2> {log:q}"

@@ -14,8 +14,10 @@ rule synthetic_plate:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg synthetic-plate --plate {wildcards.plate:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg synthetic-plate --plate {wildcards.plate:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
 
 
 rule synthetic_platemap:
@@ -31,5 +33,7 @@ rule synthetic_platemap:
     resources:
         mem_mb=500,
         runtime=5,
+    conda:
+        f"{ENVS}/tables.yaml"
     shell:
-        "cytoagg synthetic-platemap --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg synthetic-platemap --out {output:q} --params {params.settings:q} 2> {log:q}"

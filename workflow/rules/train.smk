@@ -31,7 +31,9 @@ rule train:
         mem_mb=lambda w, input: input_mb(input, factor=3, floor=2000),
         runtime=240,
         gpu=1 if use_gpu() else 0,
+    conda:
+        f"{ENVS}/torch.yaml"
     shell:
-        "cytoagg train --plate-names {params.plates:q} --plates {input.plates:q} --features {input.features:q} "
+        "python -m cytoagg train --plate-names {params.plates:q} --plates {input.plates:q} --features {input.features:q} "
         "--out-model {output.model:q} --out-log {output.history:q} --threads {threads} "
         "--params {params.settings:q} 2> {log:q}"

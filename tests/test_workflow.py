@@ -1,0 +1,164 @@
+"""The Snakefile end to end, on a tiny synthetic config, run as a user runs it (a copy of the workflow)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).parent / "tiny_config.yaml"
+pytestmark = pytest.mark.slow
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, dest / name)
+    for name in ("workflow", "profiles", "envs", "src"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(TINY, dest / "tiny.yaml")
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", "tiny.yaml"]  # last: it takes several values
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs a dry run would run: rule -> count (from the job stats table)."""
+    out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
+    jobs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    snakemake(wd, "--cores", "2")
+    return wd
+
+
+def test_outputs_of_every_step(finished):
+    r = finished / "results"
+    for plate in ("P1", "P2", "P3"):
+        assert (r / "synthetic/plates" / f"{plate}.sqlite").exists()
+        for step in ("ingested", "normalized", "profiles/model", "profiles/mean", "profiles/mean_std", "ap/model", "ap/mean"):
+            assert (r / step / f"{plate}.parquet").exists(), (step, plate)
+        assert (r / "logs/ingest" / f"{plate}.log").exists()
+        assert (r / "benchmarks/normalize" / f"{plate}.tsv").exists()
+    assert (r / "model/model.pt").exists()
+    assert (r / "features.txt").read_text().strip()
+    hist = pd.read_csv(r / "model/training_log.csv")
+    assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
+    for png in ("map_per_plate", "training_curve", "cells_per_well"):
+        assert (r / "plots" / f"{png}.png").stat().st_size > 1000
+    # no temporary files left behind by atomic writes
+    assert not list(r.rglob("*.tmp"))
+
+
+def test_map_tables(finished):
+    long = pd.read_csv(finished / "results/tables/map_per_plate.csv")
+    for col in ("plate", "plate_split", "compound_split", "method", "mAP", "precision_at_R", "n_queries"):
+        assert col in long.columns
+    assert set(long.method) == {"model", "mean", "mean_std"}
+    assert set(long.plate_split) == {"train", "validation"}
+    assert set(long.compound_split) == {"train", "validation", "all"}
+    assert long.mAP.between(0, 1).all() and (long.n_queries > 0).all()
+    md = (finished / "results/tables/map_per_plate.md").read_text()
+    assert "| plate | plate split | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM |" in md
+
+    # The expected outcome: on the validation plate's held-out compounds the model beats the mean.
+    val = long[(long.plate_split == "validation") & (long.compound_split == "validation")].set_index("method")["mAP"]
+    assert val["model"] > val["mean"], val
+
+
+def test_report_contains_every_figure(finished):
+    proc = snakemake(finished, "--report", "report.html")
+    html = (finished / "report.html").read_text(errors="replace")
+    for name in ("map_per_plate.png", "training_curve.png", "cells_per_well.png", "map_per_plate.csv", "training_log.csv"):
+        assert name in html, name
+
+
+def test_nothing_to_do_after_a_run(finished):
+    assert planned_jobs(finished) == {}
+
+
+def test_touching_one_raw_plate_reruns_only_its_chain(finished):
+    raw = finished / "results/synthetic/plates/P3.sqlite"
+    before = raw.stat()
+    os.utime(raw, (time.time() + 5, time.time() + 5))
+    try:
+        jobs = planned_jobs(finished)
+    finally:
+        os.utime(raw, ns=(before.st_atime_ns, before.st_mtime_ns))  # leave the finished run as it was
+    assert jobs["ingest"] == 1 and jobs["normalize"] == 1 and jobs["embed"] == 1
+    assert jobs["aggregate"] == 2 and jobs["evaluate"] == 3
+    assert "train" not in jobs and "select_features" not in jobs
+    assert {"summarize", "plot_map", "plot_cells_per_well"} <= set(jobs)
+
+
+def test_adding_a_validation_plate_runs_only_its_jobs(finished):
+    jobs = planned_jobs(finished, "--config", "plates={'train': ['P1', 'P2'], 'validation': ['P3', 'P4']}")
+    assert jobs["synthetic_plate"] == 1 and jobs["ingest"] == 1 and jobs["normalize"] == 1 and jobs["embed"] == 1
+    assert "train" not in jobs and "select_features" not in jobs
+
+
+def test_adding_a_training_plate_retrains(finished):
+    jobs = planned_jobs(finished, "--config", "plates={'train': ['P1', 'P2', 'P4'], 'validation': ['P3']}")
+    assert jobs["ingest"] == 1 and jobs["normalize"] == 1
+    assert jobs["select_features"] == 1 and jobs["train"] == 1 and jobs["embed"] == 4
+
+
+def test_one_plate_target(finished):
+    assert planned_jobs(finished, "results/normalized/P2.parquet", "--forcerun", "normalize") == {"normalize": 1}
+    assert planned_jobs(finished, "results/ap/model/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
+
+
+def test_forcerun_one_validation_plate_reruns_its_downstream_only(finished):
+    jobs = planned_jobs(finished, "--forcerun", "results/normalized/P3.parquet")
+    assert jobs["normalize"] == 1 and jobs["embed"] == 1 and jobs["aggregate"] == 2 and jobs["evaluate"] == 3
+    assert "train" not in jobs and "ingest" not in jobs
+
+
+def test_changing_a_normalization_setting_reruns_downstream(finished):
+    jobs = planned_jobs(finished, "--config", "normalize={'method': 'standardize'}")
+    assert jobs["normalize"] == 3 and jobs["train"] == 1 and jobs["embed"] == 3
+    assert "ingest" not in jobs
+
+
+def test_lint_is_clean(finished):
+    proc = snakemake(finished, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--config", "typo_key=1"], "typo_key"),
+        (["--config", "train={'epochs': 'many'}"], "epochs"),
+        (["--config", "plates={'train': ['P1'], 'validation': ['P1']}"], "share plate"),
+        (["--config", "plates={'train': ['P1/../x'], 'validation': []}"], "plates"),
+        (["--config", "dataset={'path': 'nowhere/{plate}.sqlite'}"], "plate 'P1' not found"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, override, message):
+    wd = copy_workflow(tmp_path)
+    proc = snakemake(wd, "--cores", "1", *override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (wd / "results").exists()
