@@ -16,9 +16,8 @@ from cytoagg.metrics import (
     mean_average_precision,
     random_baseline_ap,
 )
+from realdata import fibrosis_plates
 
-REALDATA = "realdata/fibrosis_dmso_4plates"
-REALDATA_DIR = Path(__file__).parent / "data" / REALDATA
 
 
 # --- hand-computed ---------------------------------------------------------------------------
@@ -198,15 +197,11 @@ def test_mean_average_precision_matches_copairs(tmp_path):
     assert got["below_corrected_p"].any() and not got["below_corrected_p"].all()
 
 
-def realdata_plates() -> list[Path]:
-    plates = sorted(REALDATA_DIR.glob("*.parquet"))
-    assert len(plates) == 4, f"expected the 4 fibrosis plates in {REALDATA_DIR}"
-    return plates
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_matches_copairs_on_real_plates(dtype, tmp_path):
-    plates = realdata_plates()
+    plates = fibrosis_plates()
     all_wells = []
     for path in plates:
         cells = pd.read_parquet(path)

@@ -87,7 +87,7 @@ def cmd_normalize(args, p):
 def cmd_select_features(args, p):
     from .feature_select import fit_feature_selection
 
-    keys = ("operations", "freq_cut", "unique_cut", "corr_threshold", "na_cutoff", "blocklist", "max_cells", "seed")
+    keys = ("operations", "min_variance", "freq_cut", "unique_cut", "corr_threshold", "na_cutoff", "blocklist", "max_cells", "seed")
     kept = fit_feature_selection(args.plates, args.out, **{k: p[k] for k in keys if k in p})
     log.info("kept %d features", len(kept))
 
