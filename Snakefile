@@ -20,9 +20,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/experiments.smk"
 
 
 rule all:
     input:
-        all_outputs(),
+        experiment_outputs() if EXPERIMENT else all_outputs(),
     default_target: True

@@ -38,3 +38,4 @@ def tiny_plates(tmp_path_factory):
         write_profiles(df, paths[plate])
     features = [c for c in df.columns if not c.startswith("Metadata_")]
     return paths, features
+

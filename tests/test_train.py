@@ -16,10 +16,17 @@ ANN = Annotation(validation_compounds=0.25, split_seed=0)
 
 
 def train(tmp_path, tiny_plates, settings=SMALL, name="m", **kw):
+    from cytoagg.cells import pack_cell_store
+
     paths, features = tiny_plates
+    stores = {}
+    for p in ("P1", "P2"):
+        stores[p] = (tmp_path / f"{p}.npy", tmp_path / f"{p}.wells.parquet")
+        if not stores[p][0].exists():
+            pack_cell_store(paths[p], features, *stores[p], plate=p, well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
     out = tmp_path / name / "model.pt"
     log = tmp_path / name / "log.csv"
-    result = train_model({p: paths[p] for p in ("P1", "P2")}, features, out, log, settings=settings, annotation=ANN, threads=1, **kw)
+    result = train_model(stores, features, out, log, settings=settings, annotation=ANN, threads=1, **kw)
     return out, log, result
 
 
@@ -111,3 +118,30 @@ def test_not_a_checkpoint(tmp_path):
     bad.write_text("nope")
     with pytest.raises(InputError, match="x.pt"):
         load_checkpoint(bad)
+
+
+def test_cell_store_round_trip(tmp_path, tiny_plates):
+    from cytoagg.cells import load_plate_cells, open_cell_store, pack_cell_store
+
+    paths, features = tiny_plates
+    kw = dict(plate="P1", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    summary = pack_cell_store(paths["P1"], features, tmp_path / "c.npy", tmp_path / "w.parquet", **kw)
+    stored, wells = open_cell_store(tmp_path / "c.npy", tmp_path / "w.parquet", **kw)
+    direct, direct_wells, _ = load_plate_cells(paths["P1"], features, **kw)
+    assert isinstance(stored.x, np.memmap) and not stored.x.flags.writeable
+    np.testing.assert_array_equal(np.asarray(stored.x), direct.x)
+    np.testing.assert_array_equal(stored.offsets, direct.offsets)
+    np.testing.assert_array_equal(stored.perturbations, direct.perturbations)
+    pd.testing.assert_frame_equal(wells, direct_wells)
+    assert summary["n_cells"] == len(direct.x)
+
+
+def test_training_plate_width_must_match_feature_list(tmp_path, tiny_plates):
+    paths, features = tiny_plates
+    with pytest.raises(InputError, match="features packed"):
+        from cytoagg.cells import pack_cell_store
+
+        pack_cell_store(paths["P1"], features, tmp_path / "a.npy", tmp_path / "a.parquet", plate="P1",
+                        well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+        train_model({"P1": (tmp_path / "a.npy", tmp_path / "a.parquet")}, features[:-1], tmp_path / "m.pt",
+                    tmp_path / "l.csv", settings=SMALL, annotation=ANN)

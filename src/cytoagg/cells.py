@@ -1,4 +1,9 @@
-"""A plate's cells in memory: one contiguous float32 array grouped by well, with per-well offsets."""
+"""A plate's cells: one contiguous float32 array grouped by well, with per-well offsets.
+
+In memory (``load_plate_cells``, from a normalized Parquet) or packed once on disk as a cell store
+(``pack_cell_store``: an ``.npy`` array that training memory-maps, plus a per-well index), so that
+sampling sets of cells is index arithmetic on one array.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +41,13 @@ class PlateCells:
     def from_cells(cls, plate: str, x: np.ndarray, well: np.ndarray, perturbation: np.ndarray) -> "PlateCells":
         """Group cells by well (stable), whatever their order on disk."""
         well = np.asarray(well).astype(str)
-        order = np.argsort(well, kind="stable")
-        well_sorted = well[order]
-        starts = np.r_[0, np.flatnonzero(well_sorted[1:] != well_sorted[:-1]) + 1]
-        offsets = np.r_[starts, len(well_sorted)].astype(np.int64)
-        x_sorted = np.ascontiguousarray(x[order], dtype=np.float32)
-        return cls(plate, x_sorted, offsets, well_sorted[starts], np.asarray(perturbation).astype(str)[order][starts])
+        perturbation = np.asarray(perturbation).astype(str)
+        if len(well) > 1 and not (well[1:] >= well[:-1]).all():  # ingest writes wells in order: no copy then
+            order = np.argsort(well, kind="stable")
+            well, perturbation, x = well[order], perturbation[order], x[order]
+        starts = np.r_[0, np.flatnonzero(well[1:] != well[:-1]) + 1] if len(well) else np.zeros(0, dtype=np.int64)
+        offsets = np.r_[starts, len(well)].astype(np.int64)
+        return cls(plate, np.ascontiguousarray(x, dtype=np.float32), offsets, well[starts], perturbation[starts])
 
 
 
@@ -61,7 +67,8 @@ def load_plate_cells(
     dropped = meta.loc[~finite, well_col].value_counts().sort_index()
     if len(dropped):
         log.warning("%s: dropped %d cells with NaN/inf features in %d wells", path, int((~finite).sum()), len(dropped))
-    meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
+    if not finite.all():
+        meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
     cells = PlateCells.from_cells(plate, x, meta[well_col].to_numpy(), meta[perturbation_col].to_numpy())
     return cells, well_metadata(meta, well_col), dropped
 
@@ -80,3 +87,29 @@ def well_metadata(meta: pd.DataFrame, well_col: str) -> pd.DataFrame:
     out = pd.DataFrame(keep)
     out["Metadata_n_cells"] = np.diff(np.r_[first, len(wells)]).astype(str)
     return out
+
+
+def pack_cell_store(path, features: list[str], out_cells, out_wells, *, plate: str, well_col: str, perturbation_col: str) -> dict:
+    """Pack one normalized plate: ``out_cells`` (.npy, float32, cells grouped by well) and ``out_wells``
+    (Parquet: one row per well, its metadata, ``offset`` and ``n_cells``)."""
+    from .io import atomic_path, write_table
+
+    cells, wells, dropped = load_plate_cells(path, features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
+    with atomic_path(out_cells) as tmp, open(tmp, "wb") as f:
+        np.save(f, cells.x)
+    index = wells.reset_index(drop=True).copy()
+    index["offset"] = cells.offsets[:-1]
+    index["n_cells"] = cells.counts
+    write_table(index, out_wells)
+    return {"plate": plate, "n_cells": int(len(cells.x)), "n_wells": int(len(cells.wells)), "n_dropped": int(dropped.sum())}
+
+
+def open_cell_store(cells_npy, wells_parquet, *, plate: str, well_col: str, perturbation_col: str) -> tuple[PlateCells, pd.DataFrame]:
+    """A packed plate, its cells memory-mapped (read-only): the OS pages them in as sampling touches them."""
+    x = np.load(cells_npy, mmap_mode="r")
+    wells = pd.read_parquet(wells_parquet)
+    offsets = np.r_[wells["offset"].to_numpy(np.int64), len(x)]
+    if (np.diff(offsets) != wells["n_cells"].to_numpy()).any():
+        raise InputError(f"{wells_parquet}: well offsets do not match {cells_npy}")
+    cells = PlateCells(plate, x, offsets, wells[well_col].astype(str).to_numpy(), wells[perturbation_col].astype(str).to_numpy())
+    return cells, wells.drop(columns=["offset", "n_cells"])

@@ -105,13 +105,22 @@ def _annotation(p):
     )
 
 
+def cmd_pack_cells(args, p):
+    from .cells import pack_cell_store
+
+    log.info("packed %s", pack_cell_store(
+        args.normalized, _read_list(args.features), args.out_cells, args.out_wells, plate=args.plate,
+        well_col=p["well_col"], perturbation_col=p["perturbation_col"],
+    ))
+
+
 def cmd_train(args, p):
     from .train import TrainSettings, train_model
 
-    if len(args.plate_names) != len(args.plates):
-        raise InputError("--plate-names and --plates must have the same length")
+    if not len(args.plate_names) == len(args.cells) == len(args.wells):
+        raise InputError("--plate-names, --cells and --wells must have the same length")
     result = train_model(
-        dict(zip(args.plate_names, args.plates)),
+        {p: (c, w) for p, c, w in zip(args.plate_names, args.cells, args.wells)},
         _read_list(args.features),
         args.out_model,
         args.out_log,
@@ -186,6 +195,34 @@ def cmd_plot(args, p):
         plots.plot_cells_per_well(df.astype({"n_cells": int}), args.out)
 
 
+def cmd_toy_data(args, p):
+    from .toy import ToySpec, write_toy_data
+
+    write_toy_data(ToySpec(**p), args.out_train, args.out_validation, args.out_features, args.out_figure)
+
+
+def cmd_toy_summary(args, p):
+    import pandas as pd
+
+    from .io import write_table, write_text
+    from .summarize import to_markdown
+    from .toy import summarize_runs
+
+    if not len(args.runs) == len(args.methods) == len(args.ap):
+        raise InputError("--runs, --methods and --ap must have the same length")
+    ap = pd.concat(
+        [pd.read_parquet(f).assign(run=r, method=m) for r, m, f in zip(args.runs, args.methods, args.ap)], ignore_index=True
+    )
+    per_sample, summary = summarize_runs(ap)
+    write_table(per_sample, args.out_csv)
+    write_text(
+        "# Toy classes: equal means, different covariances\n\n"
+        "Held-out classes only; each sample queries the other held-out samples (cosine similarity).\n\n"
+        + to_markdown(summary) + "\n## Per sample\n\n" + to_markdown(per_sample),
+        args.out_md,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cytoagg", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -206,12 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("ingest", cmd_ingest, ("--source", req), ("--out", req), ("--plate", req))
     add("normalize", cmd_normalize, ("--src", req), ("--out", req))
     add("select-features", cmd_select_features, ("--plates", many), ("--out", req))
-    add("train", cmd_train, ("--plate-names", many), ("--plates", many), ("--features", req), ("--out-model", req), ("--out-log", req))
+    add("pack-cells", cmd_pack_cells, ("--normalized", req), ("--features", req), ("--out-cells", req), ("--out-wells", req), ("--plate", req))
+    add("train", cmd_train, ("--plate-names", many), ("--cells", many), ("--wells", many), ("--features", req), ("--out-model", req), ("--out-log", req))
     add("embed", cmd_embed, ("--normalized", req), ("--checkpoint", req), ("--out", req), ("--plate", req))
     add("aggregate", cmd_aggregate, ("--normalized", req), ("--features", req), ("--out", req), ("--method", req), ("--plate", req))
     add("evaluate", cmd_evaluate, ("--profiles", req), ("--out", req))
     add("summarize", cmd_summarize, ("--methods", many), ("--ap", many), ("--out-csv", req), ("--out-md", req))
     add("plot", cmd_plot, ("--kind", {"required": True, "choices": ["map", "training", "cells_per_well"]}), ("--inputs", many), ("--out", req))
+    add("toy-data", cmd_toy_data, ("--out-train", req), ("--out-validation", req), ("--out-features", req), ("--out-figure", req))
+    add("toy-summary", cmd_toy_summary, ("--runs", many), ("--methods", many), ("--ap", many), ("--out-md", req), ("--out-csv", req))
     return ap
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -62,15 +63,21 @@ class DeepSets(nn.Module):
         return self.project(self.pool_sets(cells))
 
     @torch.no_grad()
-    def pool_wells(self, x: torch.Tensor, well_index: torch.Tensor, n_wells: int, chunk_cells: int = 65_536) -> torch.Tensor:
+    def pool_wells(self, x, well_index, n_wells: int, chunk_cells: int = 16_384) -> torch.Tensor:
         """Pool ALL cells of every well (no sampling), streaming cells in chunks.
 
-        ``x``: (n_cells, n_features); ``well_index``: (n_cells,) well of each cell. Only one chunk's
+        ``x``: (n_cells, n_features), a tensor or a numpy array (a memory-mapped cell store too: only
+        one chunk is copied at a time); ``well_index``: (n_cells,) well of each cell. Only one chunk's
         activations (chunk_cells x cell_hidden) exist at a time, whatever a well's size.
         """
-        pooled = torch.zeros(n_wells, self.spec.cell_hidden, dtype=torch.float32, device=x.device)
+        device = next(self.parameters()).device
+        well_index = torch.as_tensor(np.asarray(well_index), device=device)
+        pooled = torch.zeros(n_wells, self.spec.cell_hidden, dtype=torch.float32, device=device)
         for start in range(0, x.shape[0], chunk_cells):
-            h = self.cell_net(x[start : start + chunk_cells]).float()
+            chunk = x[start : start + chunk_cells]
+            if isinstance(chunk, np.ndarray):
+                chunk = torch.from_numpy(np.array(chunk, dtype=np.float32))
+            h = self.cell_net(chunk.to(device)).float()
             pooled.index_add_(0, well_index[start : start + chunk_cells], h)
         if self.spec.pooling == "mean":
             counts = torch.bincount(well_index, minlength=n_wells).clamp(min=1).to(pooled)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .cells import PlateCells, load_plate_cells
+from .cells import PlateCells, open_cell_store
 from .io import InputError, atomic_path, write_table
 from .loss import LOSSES
 from .metrics import average_precision
@@ -82,14 +82,18 @@ class Annotation:
 NEGCON = "__negcon__"  # label of negative-control wells inside training: never a training or validation compound
 
 
-def _load_training_plate(plate: str, path, features: list[str], annotation: Annotation) -> PlateCells:
-    cells, wells, _ = load_plate_cells(
-        path, features, plate=plate, well_col=annotation.well_col, perturbation_col=annotation.perturbation_col
+def _load_training_plate(plate: str, store: tuple, features: list[str], annotation: Annotation) -> PlateCells:
+    """A packed plate (cell store: .npy + wells index), negative-control wells relabelled so they are never items."""
+    cells_npy, wells_parquet = store
+    cells, wells = open_cell_store(
+        cells_npy, wells_parquet, plate=plate, well_col=annotation.well_col, perturbation_col=annotation.perturbation_col
     )
+    if cells.x.shape[1] != len(features):
+        raise InputError(f"{cells_npy}: {cells.x.shape[1]} features packed, but the feature list has {len(features)}")
     if annotation.negcon_value is not None:
         col = annotation.negcon_col or annotation.perturbation_col
         if col not in wells.columns:
-            raise InputError(f"{path}: negative-control column {col!r} not found or not constant within wells")
+            raise InputError(f"{wells_parquet}: negative-control column {col!r} not found or not constant within wells")
         cells.perturbations = np.where(wells[col].astype(str).to_numpy() == str(annotation.negcon_value), NEGCON, cells.perturbations)
     return cells
 
@@ -114,10 +118,8 @@ def _plate_map(model: DeepSets, plates: list[PlateCells], compounds: set[str], d
 
 def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = True) -> np.ndarray:
     """Profiles of every well of a plate from ALL its cells: (n_wells, dim) float32."""
-    x = torch.from_numpy(plate.x).to(device)
-    idx = torch.from_numpy(plate.well_index).to(device)
     with torch.no_grad(), _autocast(device):
-        pooled = model.pool_wells(x, idx, len(plate.wells))
+        pooled = model.pool_wells(plate.x, plate.well_index, len(plate.wells))
         out = model.project(pooled) if use_head else pooled
     return out.float().cpu().numpy()
 
@@ -128,12 +130,13 @@ def _autocast(device):
     return contextlib.nullcontext()
 
 
-def _fingerprint(paths: dict, features: list[str], settings: TrainSettings, annotation: Annotation) -> str:
+def _fingerprint(stores: dict, features: list[str], settings: TrainSettings, annotation: Annotation) -> str:
     """What a resumable state must match: inputs (size, mtime), features and every setting."""
     h = hashlib.sha256()
-    for plate in sorted(paths):
-        st = os.stat(paths[plate])
-        h.update(f"{plate}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for plate in sorted(stores):
+        for path in stores[plate]:
+            st = os.stat(path)
+            h.update(f"{plate}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(json.dumps([features, asdict(settings), asdict(annotation), __version__], sort_keys=True).encode())
     return h.hexdigest()
 
@@ -161,7 +164,7 @@ def model_from_checkpoint(payload: dict, device) -> DeepSets:
 
 
 def train_model(
-    plate_paths: dict[str, str],
+    stores: dict[str, tuple[str, str]],
     features: list[str],
     out_model: str | os.PathLike,
     out_log: str | os.PathLike,
@@ -172,14 +175,14 @@ def train_model(
     threads: int = 1,
     resume: bool = True,
 ) -> dict:
-    """Train on ``plate_paths`` (the training plates' normalized Parquets) and write the best checkpoint."""
+    """Train on the training plates' cell stores (plate -> (cells .npy, wells index)); write the best checkpoint."""
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings.device)
-    log.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(plate_paths), len(features))
+    log.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(stores), len(features))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
 
-    plates = [_load_training_plate(plate, path, features, annotation) for plate, path in sorted(plate_paths.items())]
+    plates = [_load_training_plate(plate, store, features, annotation) for plate, store in sorted(stores.items())]
     compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
     split = split_compounds(compounds, annotation.validation_compounds, annotation.split_seed)
     train_compounds = {c for c, s in split.items() if s == "train"}
@@ -199,7 +202,7 @@ def train_model(
 
     out_model = Path(out_model)
     state_path = out_model.with_name("resume_state.pt")
-    fingerprint = _fingerprint(plate_paths, features, settings, annotation)
+    fingerprint = _fingerprint(stores, features, settings, annotation)
     history: list[dict] = []
     best: dict | None = None
     start_epoch, since_best = 0, 0
@@ -228,7 +231,7 @@ def train_model(
             "annotation": asdict(annotation),
             "epoch": epoch,
             "val_mAP": val_map,
-            "train_plates": sorted(plate_paths),
+            "train_plates": sorted(stores),
         }
 
     from tqdm import tqdm

@@ -1,10 +1,37 @@
-# The set model, trained once on the training plates' training compounds (GPU when present).
+# The set model, trained once on the training plates' training compounds (GPU when present), from
+# cell stores: each training plate's normalized cells packed once into one array that training memory-maps.
 # Skipped when train.checkpoint names an existing model.
+
+
+rule pack_cells:
+    input:
+        normalized=f"{R}/normalized/{{plate}}.parquet",
+        features=f"{R}/features.txt",
+    output:
+        cells=f"{R}/cellstore/{{plate}}.npy",
+        wells=f"{R}/cellstore/{{plate}}.wells.parquet",
+    params:
+        settings=lambda w: settings(**ANNOTATION),
+    log:
+        f"{R}/logs/pack_cells/{{plate}}.log",
+    benchmark:
+        f"{R}/benchmarks/pack_cells/{{plate}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda w, input: input_mb(input, factor=3, floor=1000),
+        runtime=30,
+    conda:
+        f"{ENVS}/tables.yaml"
+    shell:
+        "python -m cytoagg pack-cells --normalized {input.normalized:q} --features {input.features:q} "
+        "--out-cells {output.cells:q} --out-wells {output.wells:q} --plate {wildcards.plate:q} "
+        "--params {params.settings:q} 2> {log:q}"
 
 
 rule train:
     input:
-        plates=expand(f"{R}/normalized/{{plate}}.parquet", plate=TRAIN_PLATES),
+        cells=expand(f"{R}/cellstore/{{plate}}.npy", plate=TRAIN_PLATES),
+        wells=expand(f"{R}/cellstore/{{plate}}.wells.parquet", plate=TRAIN_PLATES),
         features=f"{R}/features.txt",
     output:
         model=f"{R}/model/model.pt",
@@ -34,6 +61,7 @@ rule train:
     conda:
         f"{ENVS}/torch.yaml"
     shell:
-        "python -m cytoagg train --plate-names {params.plates:q} --plates {input.plates:q} --features {input.features:q} "
+        "python -m cytoagg train --plate-names {params.plates:q} --cells {input.cells:q} --wells {input.wells:q} "
+        "--features {input.features:q} "
         "--out-model {output.model:q} --out-log {output.history:q} --threads {threads} "
         "--params {params.settings:q} 2> {log:q}"
