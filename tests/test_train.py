@@ -50,7 +50,7 @@ def test_same_seed_same_checkpoint(tmp_path, tiny_plates):
     sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
-    pd.testing.assert_frame_equal(pd.read_csv(la).drop(columns="seconds"), pd.read_csv(lb).drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(la).drop(columns=["seconds", "sampling_wait_s"]), pd.read_csv(lb).drop(columns=["seconds", "sampling_wait_s"]))
 
 
 def test_resume_after_kill_gives_same_checkpoint(tmp_path, tiny_plates, monkeypatch):
@@ -75,7 +75,7 @@ def test_resume_after_kill_gives_same_checkpoint(tmp_path, tiny_plates, monkeypa
     for k, v in load_checkpoint(full)["state_dict"].items():
         assert torch.equal(v, load_checkpoint(resumed)["state_dict"][k]), k
     pd.testing.assert_frame_equal(
-        pd.read_csv(full_log).drop(columns="seconds"), pd.read_csv(resumed_log).drop(columns="seconds")
+        pd.read_csv(full_log).drop(columns=["seconds", "sampling_wait_s"]), pd.read_csv(resumed_log).drop(columns=["seconds", "sampling_wait_s"])
     )
 
 

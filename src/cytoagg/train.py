@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -122,6 +123,46 @@ def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = Tru
         pooled = model.pool_wells(plate.x, plate.well_index, len(plate.wells))
         out = model.project(pooled) if use_head else pooled
     return out.float().cpu().numpy()
+
+
+def _gather(x: np.ndarray, idx: np.ndarray, pin: bool) -> torch.Tensor:
+    """The cells of a batch of sets, (n_sets, n_cells, n_features): one fancy index into the plate's array."""
+    t = torch.from_numpy(np.asarray(x[idx], dtype=np.float32))
+    return t.pin_memory() if pin else t
+
+
+def _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool) -> tuple[list, float]:
+    """One pass over every training plate's compounds; returns the step losses and the seconds spent waiting for data.
+
+    The next step's cells are gathered in a worker thread while the current step computes. Random
+    draws happen in the main thread, in the same order as without prefetching, so a seed gives the
+    same run either way.
+    """
+    batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
+    order = rng.permutation(len(batches))
+    pin = device.type == "cuda"
+
+    def plan(j):
+        k, compound_idx = batches[j]
+        idx, labels = samplers[k].sample(compound_idx, schedule.draw(rng), rng)
+        return labels, pool.submit(_gather, plates[k].x, idx, pin)
+
+    losses, waited = [], 0.0
+    pending = plan(order[0]) if len(order) else None
+    for pos in range(len(order)):
+        labels, future = pending
+        t = time.perf_counter()
+        x = future.result().to(device, non_blocking=True)
+        waited += time.perf_counter() - t
+        pending = plan(order[pos + 1]) if pos + 1 < len(order) else None
+        with _autocast(device):
+            emb = model(x)
+        loss = loss_fn(emb, torch.from_numpy(labels).to(device), **loss_kw)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, waited
 
 
 def _autocast(device):
@@ -237,22 +278,16 @@ def train_model(
     from tqdm import tqdm
 
     bar = tqdm(range(start_epoch, settings.epochs), desc="train", mininterval=5.0, initial=start_epoch, total=settings.epochs)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cytoagg-sampler")
     for epoch in bar:
         t0 = time.perf_counter()
-        batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
-        losses = []
-        for j in rng.permutation(len(batches)):
-            k, compound_idx = batches[j]
-            idx, labels = samplers[k].sample(compound_idx, schedule.draw(rng), rng)
-            x = torch.from_numpy(plates[k].x[idx]).to(device, non_blocking=True)
-            with _autocast(device):
-                emb = model(x)
-            loss = loss_fn(emb, torch.from_numpy(labels).to(device), **loss_kw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        row = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "n_steps": len(losses)}
+        losses, waited = _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool)
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "n_steps": len(losses),
+            "sampling_wait_s": waited,
+        }
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
             row["train_mAP"] = _plate_map(model, plates, train_compounds, device)
             row["val_mAP"] = _plate_map(model, plates, val_compounds, device) if val_compounds else float("nan")
@@ -264,7 +299,7 @@ def train_model(
                 since_best += 1
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", val_mAP=f"{row.get('val_mAP', float('nan')):.3f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val_mAP=f"{row.get('val_mAP', float('nan')):.3f}", refresh=False)
         _save(
             {
                 "fingerprint": fingerprint,
@@ -283,6 +318,7 @@ def train_model(
             log.info("early stop at epoch %d: no validation mAP gain for %d evaluations", epoch, since_best)
             break
     bar.close()
+    pool.shutdown()
 
     best_path = out_model.with_name("best_model.pt.partial")
     os.replace(best_path, out_model)

@@ -1,0 +1,76 @@
+"""The model-capacity toy data, and what a set model can learn from it (issue: covariance experiments)."""
+
+import numpy as np
+import pytest
+import torch
+
+from cytoagg.cells import PlateCells, pack_cell_store
+from cytoagg.io import write_profiles
+from cytoagg.metrics import average_precision
+from cytoagg.toy import ToySpec, class_covariances, generate, validation_classes, zca_sphere
+from cytoagg.train import Annotation, TrainSettings, embed_cells, load_checkpoint, model_from_checkpoint, train_model
+
+FEATURES = ["Cells_Toy_Feature1", "Cells_Toy_Feature2"]
+
+
+def test_classes_share_the_mean_and_differ_in_covariance():
+    spec = ToySpec(points=2000, samples_per_class=2)
+    df = generate(spec)
+    means = df.groupby("Metadata_class")[FEATURES].mean()
+    assert np.abs(means.to_numpy()).max() < 0.15  # all classes centred at 0
+    covs = class_covariances(spec)
+    assert len({tuple(np.round(c.ravel(), 3)) for c in covs}) == spec.n_classes
+    for k, cov in enumerate(covs):
+        sample = df[df.Metadata_class == f"class{k:02d}"][FEATURES].to_numpy()
+        np.testing.assert_allclose(np.cov(sample.T), cov, atol=0.25)
+    assert (df.groupby("Metadata_class").Metadata_split.first() == "validation").sum() == spec.n_classes - spec.n_train_classes
+
+
+def test_standardized_variant_leaves_only_correlation():
+    df = generate(ToySpec(variant="covariance_standardized"))
+    std = df.groupby("Metadata_Well")[FEATURES].std(ddof=0)
+    np.testing.assert_allclose(std.to_numpy(), 1.0, atol=1e-9)
+
+
+def test_zca_sphering_regularization():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 2)) @ np.array([[3.0, 0.0], [1.0, 0.3]])
+    assert np.allclose(np.cov(zca_sphere(x, 1e-9).T), np.eye(2), atol=1e-6)
+    # larger epsilon keeps more of the original shape
+    light = np.linalg.eigvalsh(np.cov(zca_sphere(x, 0.3).T))
+    assert light.max() / light.min() > 1.5
+
+
+def _fit_and_score(tmp_path, spec: ToySpec, epochs: int = 60):
+    df = generate(spec)
+    train = df[df.Metadata_split == "train"]
+    write_profiles(train, tmp_path / "train.parquet")
+    kw = dict(plate="toy", well_col="Metadata_Well", perturbation_col="Metadata_class")
+    pack_cell_store(tmp_path / "train.parquet", FEATURES, tmp_path / "c.npy", tmp_path / "w.parquet", **kw)
+    settings = TrainSettings(
+        epochs=epochs, lr=1e-3, batch_compounds=spec.n_train_classes, cells_mean=150, cells_std=30, cells_min=50,
+        cell_hidden=64, head_hidden=32, out_dim=32, eval_every=epochs, seed=1,
+    )
+    ann = Annotation(perturbation_col="Metadata_class", negcon_value=None, validation_compounds=[])
+    train_model({"toy": (tmp_path / "c.npy", tmp_path / "w.parquet")}, FEATURES, tmp_path / "m.pt", tmp_path / "l.csv",
+                settings=settings, annotation=ann, threads=1)
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "m.pt"), torch.device("cpu"))
+    val = df[df.Metadata_class.isin(validation_classes(spec))]
+    cells = PlateCells.from_cells("toy", val[FEATURES].to_numpy(np.float32), val.Metadata_Well.to_numpy(), val.Metadata_class.to_numpy())
+    learned = embed_cells(model, cells, torch.device("cpu"))
+    mean = np.add.reduceat(cells.x, cells.offsets[:-1], axis=0) / cells.counts[:, None]
+    score = lambda p: average_precision(p, cells.perturbations)["average_precision"].mean()  # noqa: E731
+    return score(learned), score(mean)
+
+
+@pytest.mark.slow
+def test_model_learns_covariance_the_mean_cannot(tmp_path):
+    model_map, mean_map = _fit_and_score(tmp_path, ToySpec(points=300))
+    assert mean_map < 0.5
+    assert model_map > mean_map + 0.3, (model_map, mean_map)
+
+
+@pytest.mark.slow
+def test_heavy_sphering_leaves_nothing_to_learn(tmp_path):
+    model_map, mean_map = _fit_and_score(tmp_path, ToySpec(variant="sphering", epsilon=0.01, points=300))
+    assert model_map < mean_map + 0.2, (model_map, mean_map)
