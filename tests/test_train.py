@@ -145,3 +145,38 @@ def test_training_plate_width_must_match_feature_list(tmp_path, tiny_plates):
                         well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
         train_model({"P1": (tmp_path / "a.npy", tmp_path / "a.parquet")}, features[:-1], tmp_path / "m.pt",
                     tmp_path / "l.csv", settings=SMALL, annotation=ANN)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"pooling": "mean"}, {"head": "batchnorm"}, {"loss": "triplet", "margin": 0.3}, {"loss": "supcon", "temperature": 0.5}],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_each_option_trains(tmp_path, tiny_plates, option):
+    from dataclasses import replace
+
+    out, log, _ = train(tmp_path, tiny_plates, settings=replace(SMALL, epochs=2, **option))
+    ckpt = load_checkpoint(out)
+    for key, value in option.items():
+        assert ckpt["train_settings"][key] == value
+        if key in ckpt["model_spec"]:
+            assert ckpt["model_spec"][key] == value
+    assert np.isfinite(pd.read_csv(log).loss).all()
+
+
+def test_early_stopping_on_validation_map(tmp_path, tiny_plates):
+    from dataclasses import replace
+
+    # lr = 0: the model never changes, so validation mAP never improves after the first evaluation.
+    _, log, result = train(tmp_path, tiny_plates, settings=replace(SMALL, epochs=20, lr=0.0, eval_every=1, patience=2))
+    assert result["epochs_run"] == 3 and len(pd.read_csv(log)) == 3
+
+
+def test_checkpoint_trained_on_another_normalization_is_refused(tmp_path, tiny_plates):
+    paths, _ = tiny_plates
+    out, _, _ = train(tmp_path, tiny_plates, normalization={"method": "standardize"})
+    kw = dict(plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    with pytest.raises(InputError, match="standardize"):
+        embed_plate(paths["P3"], out, tmp_path / "o.parquet", normalization={"method": "mad_robustize"}, **kw)
+    embed_plate(paths["P3"], out, tmp_path / "o.parquet", normalization={"method": "standardize"}, **kw)
+    assert (tmp_path / "o.parquet").exists()

@@ -138,7 +138,7 @@ def cmd_embed(args, p):
     embed_plate(
         args.normalized, args.checkpoint, args.out, plate=args.plate, well_col=p["well_col"],
         perturbation_col=p["perturbation_col"], embedding=p.get("embedding", "head"),
-        device=p.get("device", "auto"), threads=args.threads,
+        device=p.get("device", "auto"), threads=args.threads, normalization=p.get("normalization"),
     )
 
 

@@ -9,7 +9,10 @@ rule embed:
         f"{R}/profiles/model/{{plate}}.parquet",
     params:
         settings=lambda w: settings(
-            embedding=config["train"]["embedding"], device=config["train"]["device"], **ANNOTATION
+            embedding=config["train"]["embedding"],
+            device=config["train"]["device"],
+            normalization=NORMALIZATION,
+            **ANNOTATION,
         ),
     log:
         f"{R}/logs/embed/{{plate}}.log",

@@ -3,6 +3,10 @@
 # Skipped when train.checkpoint names an existing model.
 
 
+# What a model's input means (stored in its checkpoint, checked when embedding); memory_mb is not part of it.
+NORMALIZATION = {k: v for k, v in config["normalize"].items() if k != "memory_mb"}
+
+
 rule pack_cells:
     input:
         normalized=f"{R}/normalized/{{plate}}.parquet",
@@ -46,7 +50,7 @@ rule train:
             train={k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")},
             validation_compounds=config["compounds"]["validation"],
             split_seed=config["compounds"]["seed"],
-            normalization=config["normalize"],
+            normalization=NORMALIZATION,
             **ANNOTATION,
         ),
     log:
