@@ -33,7 +33,8 @@ class DeepSets(nn.Module):
         if spec.head not in ("paper", "batchnorm"):
             raise ValueError(f"train.head must be 'paper' or 'batchnorm', got {spec.head!r}")
         self.spec = spec
-        self.cell_net = nn.Sequential(nn.Linear(spec.n_features, spec.cell_hidden), nn.LeakyReLU())
+        # in place: the (cells x hidden) activation is the largest tensor of a step; no second copy of it
+        self.cell_net = nn.Sequential(nn.Linear(spec.n_features, spec.cell_hidden), nn.LeakyReLU(inplace=True))
         if spec.head == "paper":
             self.head = nn.Sequential(
                 nn.Linear(spec.cell_hidden, spec.head_hidden),
