@@ -39,3 +39,15 @@ def tiny_plates(tmp_path_factory):
     features = [c for c in df.columns if not c.startswith("Metadata_")]
     return paths, features
 
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_run(tmp_path_factory):
+    """The tiny config (tests/tiny_config.yaml) run to the end locally with --cores 2, in a copy of the
+    workflow: the reference that the Slurm run (test_slurm.py) and the crash recoveries (test_faults.py)
+    must reproduce table for table. Do not modify it."""
+    from test_workflow import copy_workflow, snakemake
+
+    wd = copy_workflow(tmp_path_factory.mktemp("reference"))
+    snakemake(wd, "--cores", "2")
+    return wd

@@ -162,3 +162,112 @@ def test_repeated_wells_are_an_error(tmp_path):
     write_profiles(df, path)
     with pytest.raises(InputError, match="P1/A01"):
         evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
+
+
+# --- reference set, corrected AP, MoA retrieval, precision-recall curves ------------------------
+
+
+def test_reference_split_ranks_against_every_plate(tmp_path):
+    p1, p2 = tmp_path / "P1.parquet", tmp_path / "P2.parquet"
+    write_profiles(plate_frame("P1", 0), p1)
+    write_profiles(plate_frame("P2", 1), p2)
+    got = evaluate_plate(
+        [p1, p2], tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_value="DMSO",
+        reference="split", query_plates=["P1"],
+    )
+    assert got["plate"].eq("P1").all() and len(got) == 6
+    assert got["n_candidates"].eq(11).all()  # the other 11 treated wells of both plates
+    # replicates on P2 count: c1 has 3 wells per plate, c3 one per plate
+    assert got["n_positives"].tolist() == [5, 5, 3, 1, 5, 3]
+    both = pd.concat([plate_frame("P1", 0), plate_frame("P2", 1)], ignore_index=True)
+    treated = both["Metadata_broad_sample"] != "DMSO"
+    expected = average_precision(both.loc[treated, FEATURES].to_numpy(), both.loc[treated, "Metadata_broad_sample"])
+    np.testing.assert_allclose(got["average_precision"], expected["average_precision"].iloc[:6], atol=1e-12)
+    # reference="plate" on the same files: P1 alone, as before
+    alone = evaluate_plate([p1, p2], tmp_path / "ap2.parquet", perturbation_col="Metadata_broad_sample",
+                           negcon_value="DMSO", query_plates="P1")
+    assert alone["n_candidates"].eq(5).all()
+    with pytest.raises(InputError, match="P9"):
+        evaluate_plate([p1], tmp_path / "x.parquet", perturbation_col="Metadata_broad_sample", query_plates=["P9"])
+    with pytest.raises(InputError, match="reference"):
+        evaluate_plate(p1, tmp_path / "x.parquet", perturbation_col="Metadata_broad_sample", reference="all")
+
+
+def test_baseline_corrected_column(plate_path, tmp_path):
+    got = evaluate_plate(
+        plate_path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_value="DMSO",
+        baseline_corrected=True,
+    )
+    expected = np.maximum(got["average_precision"] - got["n_positives"] / got["n_candidates"], 0)
+    np.testing.assert_allclose(got["baseline_corrected_ap"], expected)
+    assert got.columns.tolist().index("baseline_corrected_ap") == 7  # right after the AP columns
+
+
+def moa_frame(seed=0) -> pd.DataFrame:
+    """12 compounds x 3 wells in 4 MoAs (one compound without MoA), plus 6 DMSO wells."""
+    rng = np.random.default_rng(seed)
+    compounds = [f"c{i}" for i in range(12)]
+    moa = {c: (f"m{i % 4}" if i != 11 else None) for i, c in enumerate(compounds)}
+    pert = [c for c in compounds for _ in range(3)] + ["DMSO"] * 6
+    df = pd.DataFrame({"Metadata_Plate": "P1", "Metadata_Well": [f"W{i:03d}" for i in range(len(pert))],
+                       "Metadata_broad_sample": pert, "Metadata_moa": [moa.get(p, "control") for p in pert]})
+    centers = {m: rng.normal(size=len(FEATURES)) for m in ("m0", "m1", "m2", "m3", None, "control")}
+    x = np.stack([centers[moa.get(p, "control")] for p in pert]) * 0.7 + rng.normal(size=(len(pert), len(FEATURES)))
+    for j, f in enumerate(FEATURES):
+        df[f] = x[:, j].astype(np.float32)
+    return df
+
+
+def test_moa_retrieval_matches_copairs(tmp_path):
+    copairs_map = pytest.importorskip("copairs.map")
+    df = moa_frame()
+    path = tmp_path / "moa.parquet"
+    write_profiles(df, path)
+    got = evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample",
+                         negcon_value="DMSO", moa_col="Metadata_moa")
+    for col in ("moa", "moa_average_precision", "moa_precision_at_r", "moa_n_positives", "moa_n_candidates"):
+        assert col in got.columns
+    assert "Metadata_moa" in got.columns  # still passed through
+    no_moa = got["perturbation"] == "c11"
+    assert got.loc[no_moa, "moa_average_precision"].isna().all() and got.loc[no_moa, "moa_n_positives"].eq(0).all()
+    # copairs: treated wells with a MoA; positives same MoA, other compound; negatives other MoA
+    sub = df[(df.Metadata_broad_sample != "DMSO") & df.Metadata_moa.notna()].reset_index(drop=True)
+    meta = sub[["Metadata_moa", "Metadata_broad_sample"]]
+    x = sub[FEATURES].to_numpy(dtype=np.float64)
+    ref = copairs_map.average_precision(meta, x, ["Metadata_moa"], ["Metadata_broad_sample"], [], ["Metadata_moa"],
+                                        progress_bar=False)
+    ours = got[~no_moa].reset_index(drop=True)
+    assert ours["moa_n_positives"].tolist() == ref["n_pos_pairs"].tolist()  # 2 other compounds x 3 wells
+    assert ours["moa_n_candidates"].tolist() == ref["n_total_pairs"].tolist()
+    np.testing.assert_allclose(ours["moa_average_precision"], ref["average_precision"], rtol=0, atol=1e-9)
+    # without the column: no MoA columns
+    plain = evaluate_plate(path, tmp_path / "ap2.parquet", perturbation_col="Metadata_broad_sample",
+                           negcon_value="DMSO", moa_col="Metadata_mechanism")
+    assert not any(c.startswith("moa") for c in plain.columns)
+
+
+def test_pr_curves_give_the_evaluated_ap(tmp_path):
+    from cytoagg.evaluate import pr_curves
+
+    df = moa_frame(1)
+    a, b = tmp_path / "model.parquet", tmp_path / "mean.parquet"
+    write_profiles(df, a)
+    other = df.copy()
+    other[FEATURES] = other[FEATURES].to_numpy()[:, ::-1]
+    write_profiles(other.sample(frac=1, random_state=0), b)  # another method, wells in another order
+    curves = pr_curves({"model": a, "mean": b}, perturbation_col="Metadata_broad_sample", group_col="Metadata_moa",
+                       negcon_value="DMSO")
+    assert set(curves["group"]) == {"m0", "m1", "m2", "m3", "(none)"}
+    assert set(curves["method"]) == {"model", "mean"}
+    for method, path in (("model", a), ("mean", b)):
+        ap = evaluate_plate(path, tmp_path / f"{method}_ap.parquet", perturbation_col="Metadata_broad_sample",
+                            negcon_value="DMSO").set_index("well")
+        for (group, well), g in curves[curves.method == method].groupby(["group", "well"]):
+            assert g["average_precision"].iloc[0] == pytest.approx(ap.loc[well, "average_precision"], abs=1e-9)
+            assert g["recall"].iloc[-1] == 1.0 and len(g) == ap.loc[well, "n_candidates"]
+    # the same query for every method in a group: the model's median-AP well
+    assert (curves.groupby("group")["well"].nunique() == 1).all()
+    # no group column: one query per compound split
+    curves = pr_curves({"model": a}, perturbation_col="Metadata_broad_sample", group_col="Metadata_kind",
+                       negcon_value="DMSO", validation_compounds=["c0", "c1", "c2"])
+    assert set(curves["group"]) == {"train compounds", "validation compounds"}

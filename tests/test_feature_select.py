@@ -141,6 +141,7 @@ def test_fit_on_plates_pools_common_features_and_writes_the_list(tmp_path, train
         kept = fit_feature_selection(training_plates, out)
     assert out.read_text().splitlines() == kept
     assert "Cells_Base_5" in caplog.text and "not in all 3 plates" in caplog.text
+    assert f"{{'{training_plates[1]}': ['Cells_Base_5']}}" in caplog.text  # the plate that lacks it
     for op in OPERATIONS:
         assert f"feature selection: {op} dropped" in caplog.text
     pooled = pd.concat([pd.read_parquet(p) for p in training_plates], ignore_index=True)

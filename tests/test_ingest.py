@@ -320,3 +320,139 @@ def test_missing_compartment_csv(jump_folder, tmp_path):
     with pytest.raises(InputError, match="Nuclei.csv"):
         ingest_plate(bad, tmp_path / "out.parquet", plate="BR00121431")
     assert not (tmp_path / "out.parquet").exists()
+
+
+# ---------------------------------------------------------------- SQLite read by worker processes
+
+
+def merged_by_hand(path: Path) -> pd.DataFrame:
+    """The compartments merged as pycytominer does (independent of cytoagg), ordered by well, image, object."""
+    with sqlite3.connect(path) as con:
+        image = pd.read_sql("SELECT ImageNumber, Image_Metadata_Well FROM Per_Image", con)
+        cyto, cells, nuclei = (pd.read_sql(f"SELECT * FROM Per_{t}", con) for t in ("Cytoplasm", "Cells", "Nuclei"))
+    ref = cyto.merge(cells, left_on=["ImageNumber", "Cytoplasm_Parent_Cells"],
+                     right_on=["ImageNumber", "Cells_Number_Object_Number"])
+    ref = ref.merge(nuclei, left_on=["ImageNumber", "Cytoplasm_Parent_Nuclei"],
+                    right_on=["ImageNumber", "Nuclei_Number_Object_Number"])
+    ref = ref.merge(image, on="ImageNumber")
+    ref["well"] = ref["Image_Metadata_Well"].map(well)
+    return ref.sort_values(["well", "ImageNumber", "Cytoplasm_Number_Object_Number"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def shuffled_sqlite(tmp_path_factory) -> Path:
+    """A synthetic CellProfiler plate whose ImageNumbers do not follow the wells (acquisition order)."""
+    from cytoagg.synthetic import SyntheticSpec, write_cellprofiler_sqlite
+
+    spec = SyntheticSpec(n_compounds=6, replicates=2, negcon_wells=4, cells_per_well=25, features_per_compartment=4,
+                         n_latent=3)
+    path = tmp_path_factory.mktemp("sqlite") / "P1.sqlite"
+    write_cellprofiler_sqlite(spec, "P1", path)
+    with sqlite3.connect(path) as con:
+        n = con.execute("SELECT MAX(ImageNumber) FROM Per_Image").fetchone()[0]
+        new = {old: n + 1 + (old * 7919) % n for old in range(1, n + 1)}  # a permutation, shifted above n
+        for table in ("Per_Image", "Per_Cells", "Per_Cytoplasm", "Per_Nuclei"):
+            con.executemany(f"UPDATE {table} SET ImageNumber = ? WHERE ImageNumber = ?",
+                            [(v, k) for k, v in new.items()])
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sqlite_read_in_groups_by_workers_matches_the_merge(shuffled_sqlite, tmp_path, workers):
+    out = tmp_path / "plate.parquet"
+    summary = ingest_plate(shuffled_sqlite, out, plate="P1", chunk_rows=40, workers=workers)
+    df = pd.read_parquet(out)
+    ref = merged_by_hand(shuffled_sqlite)
+    assert summary["n_cells"] == len(df) == len(ref)
+    assert df["Metadata_Well"].tolist() == ref["well"].tolist()
+    assert df["Metadata_ImageNumber"].tolist() == ref["ImageNumber"].astype(str).tolist()
+    assert df["Metadata_ObjectNumber"].tolist() == ref["Cells_Number_Object_Number"].astype(str).tolist()
+    feats = [c for c in df if not c.startswith("Metadata_")]
+    assert len(feats) == 12
+    np.testing.assert_array_equal(df[feats].to_numpy(), ref[feats].to_numpy(np.float32))
+    assert pq.read_metadata(out).num_row_groups == -(-len(df) // 40)
+
+
+def test_sqlite_workers_give_the_same_file(shuffled_sqlite, tmp_path):
+    ingest_plate(shuffled_sqlite, tmp_path / "one.parquet", plate="P1", chunk_rows=30, workers=1)
+    ingest_plate(shuffled_sqlite, tmp_path / "two.parquet", plate="P1", chunk_rows=30, workers=2)
+    assert pq.read_table(tmp_path / "one.parquet").equals(pq.read_table(tmp_path / "two.parquet"))
+
+
+def test_every_image_metadata_column_is_kept_and_no_integer_bookkeeping_is_a_feature(nf1):
+    _, df, path = nf1
+    with sqlite3.connect(NF1_SQLITE) as con:
+        image_meta = [r[1] for r in con.execute("PRAGMA table_info(Per_Image)") if r[1].startswith("Image_Metadata_")]
+        integer = [r[1] for t in ("Per_Cells", "Per_Cytoplasm", "Per_Nuclei")
+                   for r in con.execute(f"PRAGMA table_info({t})") if r[2].upper() == "INTEGER"]
+    assert image_meta and all(m.removeprefix("Image_") in df.columns for m in image_meta)
+    _, feats = assert_layout(path)
+    bookkeeping = [c for c in integer if not c.endswith("_NumberOfNeighbors_Adjacent")]
+    assert bookkeeping and not set(bookkeeping) & set(feats)
+    assert "Cells_Neighbors_NumberOfNeighbors_Adjacent" in feats  # an integer measurement is a feature
+
+
+def test_sqlite_null_feature_is_nan(shuffled_sqlite, tmp_path):
+    bad = tmp_path / "plate.sqlite"
+    shutil.copy(shuffled_sqlite, bad)
+    with sqlite3.connect(bad) as con:
+        con.execute("UPDATE Per_Nuclei SET Nuclei_AreaShape_Area = NULL WHERE rowid <= 3")
+    ingest_plate(bad, tmp_path / "out.parquet", plate="P1", workers=1)
+    assert pd.read_parquet(tmp_path / "out.parquet")["Nuclei_AreaShape_Area"].isna().sum() == 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sqlite_text_in_a_feature_is_an_input_error_naming_it(shuffled_sqlite, tmp_path, workers):
+    bad = tmp_path / "plate.sqlite"
+    shutil.copy(shuffled_sqlite, bad)
+    with sqlite3.connect(bad) as con:
+        con.execute("UPDATE Per_Nuclei SET Nuclei_AreaShape_Area = 'n/a' WHERE rowid = 100")
+    assert_rejected(bad, tmp_path / "out.parquet", "Nuclei_AreaShape_Area", "'n/a'", plate="P1", chunk_rows=30,
+                    workers=workers)
+
+
+def test_sqlite_repeated_object_number_is_an_input_error(shuffled_sqlite, tmp_path):
+    bad = tmp_path / "plate.sqlite"
+    shutil.copy(shuffled_sqlite, bad)
+    with sqlite3.connect(bad) as con:
+        con.execute("INSERT INTO Per_Cells SELECT * FROM Per_Cells WHERE rowid = 10")
+    assert_rejected(bad, tmp_path / "out.parquet", "repeats", plate="P1")
+
+
+def test_sqlite_without_image_index_still_works(shuffled_sqlite, tmp_path, caplog):
+    plain = tmp_path / "plate.sqlite"
+    shutil.copy(shuffled_sqlite, plain)
+    with sqlite3.connect(plain) as con:
+        for table in ("Per_Cells", "Per_Cytoplasm", "Per_Nuclei"):
+            con.execute(f"DROP INDEX {table}_image")
+    with caplog.at_level(logging.WARNING):
+        ingest_plate(plain, tmp_path / "plain.parquet", plate="P1", workers=1)
+    assert "no index on ImageNumber" in caplog.text
+    ingest_plate(shuffled_sqlite, tmp_path / "indexed.parquet", plate="P1", workers=1)
+    assert pq.read_table(tmp_path / "plain.parquet").equals(pq.read_table(tmp_path / "indexed.parquet"))
+
+
+def test_truncated_single_cell_csv(fibrosis, tmp_path):
+    csv_path = tmp_path / "cells.csv"
+    pd.read_parquet(FIBROSIS).to_csv(csv_path, index=False)
+    data = csv_path.read_bytes()
+    csv_path.write_bytes(data[: len(data) - 5000])  # cut mid-row
+    assert_rejected(csv_path, tmp_path / "out.parquet", "truncated")
+
+
+def test_truncated_gzip_csv(tmp_path):
+    gz = tmp_path / "cells.csv.gz"
+    with gzip.open(gz, "wb") as fh:
+        fh.write(pd.read_parquet(FIBROSIS).to_csv(index=False).encode())
+    gz.write_bytes(gz.read_bytes()[:-2000])
+    assert_rejected(gz, tmp_path / "out.parquet")
+
+
+def test_truncated_cellprofiler_csv(jump_folder, tmp_path):
+    bad = tmp_path / "plate"
+    shutil.copytree(jump_folder, bad)
+    cells = bad / "BR00121431-A02-1" / "Cells.csv"
+    cells.write_bytes(cells.read_bytes()[:-300])
+    with pytest.raises(InputError, match="truncated"):
+        ingest_plate(bad, tmp_path / "out.parquet", plate="BR00121431")
+    assert not (tmp_path / "out.parquet").exists()

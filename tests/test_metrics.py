@@ -13,8 +13,10 @@ from cytoagg.metrics import (
     average_precision,
     baseline_corrected_ap,
     benjamini_hochberg,
+    effective_rank,
     mean_average_precision,
     random_baseline_ap,
+    ranked_relevance,
 )
 from realdata import fibrosis_plates
 
@@ -66,6 +68,41 @@ def test_negative_mask_restricts_negatives():
     np.testing.assert_allclose(got["average_precision"], [1.0, 1.0, (1 + 2 / 3) / 2, np.nan], atol=1e-12)
     assert got["n_candidates"].tolist() == [3, 3, 3, 1]
     assert got["n_positives"].tolist() == [2, 2, 2, 0]
+
+
+def test_exclude_labels_remove_candidates():
+    # MoA-style: positives = same "moa" (labels), other compound; the query's own compound is not ranked.
+    moa = ["m", "m", "m", "n", "n"]
+    compound = ["a", "a", "b", "c", "d"]
+    got = average_precision(HAND_X, moa, exclude_labels=compound)
+    # w0 (a): w1 (a) is not ranked; w3 (neg, 0.707), w2 (pos, 0), w4 (neg, -0.894) -> w2 at rank 2
+    # w2 (b): no replicate to remove; w1 (pos, 0.707, tied with w3: first), w3, w4 (0.447), w0 (pos, 0) -> ranks 1, 4
+    assert got["n_candidates"].tolist() == [3, 3, 4, 4, 4]
+    assert got["n_positives"].tolist() == [1, 1, 2, 1, 1]
+    assert got.loc[0, "average_precision"] == pytest.approx(1 / 2, abs=1e-12)
+    assert got.loc[2, "average_precision"] == pytest.approx((1 + 2 / 4) / 2, abs=1e-12)
+
+
+def test_ranked_relevance_gives_the_same_ap():
+    x, labels = tied_random_profiles(9, n=120)
+    ap = average_precision(x, labels)
+    for q in (0, 5, 17, 60):
+        rel = ranked_relevance(x, labels, q)
+        hits = np.cumsum(rel)
+        assert len(rel) == ap.loc[q, "n_candidates"] and rel.sum() == ap.loc[q, "n_positives"]
+        if rel.any():
+            ranks = np.flatnonzero(rel) + 1
+            assert (hits[rel] / ranks).mean() == pytest.approx(ap.loc[q, "average_precision"], abs=1e-12)
+
+
+def test_effective_rank():
+    eye = effective_rank(np.eye(6), center=False)
+    assert eye["effective_rank"] == pytest.approx(6) and eye["max_rank"] == 6
+    rank1 = effective_rank(np.outer(np.arange(1, 9), [1.0, 2.0, 3.0]), center=False)
+    assert rank1["effective_rank"] == pytest.approx(1)
+    x = np.random.default_rng(0).normal(size=(200, 10)) * np.r_[np.ones(3), np.full(7, 1e-9)]
+    assert effective_rank(x, unit_rows=False)["effective_rank"] < 3.01
+    assert effective_rank(x)["singular_values"].sum() == pytest.approx(1)
 
 
 def test_blocks_give_the_same_answer():
@@ -223,3 +260,93 @@ def test_matches_copairs_on_real_plates(dtype, tmp_path):
     got = mean_average_precision(ours, ["cell_type"], null_size=1000, seed=0)
     np.testing.assert_allclose(got["mean_average_precision"], expected["mean_average_precision"], atol=1e-12)
     np.testing.assert_allclose(got["p_value"], expected["p_value"], atol=1e-12)
+
+
+# --- the float32 similarity path -----------------------------------------------------------------
+
+
+def near_tied_profiles(seed: int, n: int = 600, d: int = 200):
+    """Continuous profiles with exact duplicates and near-duplicates (below float32 resolution and just above)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n // 4), 4)
+    x = rng.normal(size=(n // 4, d))[labels] * 0.4 + rng.normal(size=(n, d))
+    src = rng.choice(n, 120, replace=False)
+    x[src[:40]] = x[src[40:80]]  # exact duplicates
+    x[src[80:]] = x[src[:40]] * (1 + rng.choice([1e-12, 1e-8, 3e-7], size=(40, 1)))  # near ties at every scale
+    return x, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_path_is_exact(seed, monkeypatch):
+    import cytoagg.metrics as metrics
+
+    blocks = []
+    original = metrics._before_float32
+
+    def spy(*args):
+        found = original(*args)
+        blocks.append(found is not None)
+        return found
+
+    monkeypatch.setattr(metrics, "_before_float32", spy)
+    x, labels = near_tied_profiles(seed)
+    f64 = average_precision(x, labels, precision="float64")
+    assert not blocks
+    for block in (5000, 1 << 23):
+        f32 = average_precision(x, labels, precision="float32", block_elements=block)
+        pd.testing.assert_frame_equal(f32, f64)
+    assert len(blocks) > 2 and all(blocks)  # every block ranked from float32 similarities, none fell back
+    assert_same_as_copairs(f32, copairs_ap(labels, x))
+
+
+def test_float32_path_with_ties_masks_and_fallback():
+    x, labels = tied_random_profiles(3, n=240, d=4)  # many exact ties
+    f32 = average_precision(x, labels, precision="float32", block_elements=2000)
+    assert_same_as_copairs(f32, copairs_ap(labels, x))
+    # Profiles all within the float32 error bound of each other: every block falls back to float64.
+    rng = np.random.default_rng(1)
+    y = np.ones((100, 50)) + 1e-7 * rng.normal(size=(100, 50))
+    lab = np.repeat(np.arange(25), 4)
+    pd.testing.assert_frame_equal(
+        average_precision(y, lab, precision="float32"), average_precision(y, lab, precision="float64")
+    )
+    # masks and negatives
+    negcon = np.zeros(len(x), dtype=bool)
+    negcon[::6] = True
+    codes = np.where(negcon, -1 - np.arange(len(x)), labels)
+    kw = dict(query_mask=~negcon, negative_mask=negcon)
+    pd.testing.assert_frame_equal(
+        average_precision(x, codes, precision="float32", **kw), average_precision(x, codes, precision="float64", **kw)
+    )
+
+
+def test_matches_copairs_with_many_positives():
+    # More positives per query than the comparison passes handle: the sorting path.
+    rng = np.random.default_rng(11)
+    labels = np.repeat(np.arange(6), 30)
+    x = rng.normal(size=(6, 12))[labels] * 0.5 + rng.normal(size=(180, 12))
+    ours = average_precision(x, labels)
+    assert ours["n_positives"].eq(29).all()
+    assert_same_as_copairs(ours, copairs_ap(labels, x))
+
+
+def test_exclude_labels_match_copairs_diffby():
+    rng = np.random.default_rng(12)
+    compound = np.repeat(np.arange(40), 3)
+    moa = compound % 7
+    x = rng.normal(size=(7, 16))[moa] * 0.3 + rng.normal(size=(40, 16))[compound] * 0.3 + rng.normal(size=(120, 16))
+    ours = average_precision(x, moa, exclude_labels=compound)
+    meta = pd.DataFrame({"moa": moa.astype(str), "compound": compound.astype(str)})
+    ref = copairs_map.average_precision(meta, x, ["moa"], ["compound"], [], ["moa"], progress_bar=False)
+    assert_same_as_copairs(ours, ref)
+
+
+def test_null_cache_gives_the_same_p_values():
+    x, labels = tied_random_profiles(5, n=200, d=6)
+    ours = average_precision(x, labels).assign(label=np.asarray(labels).astype(str))
+    cache = {}
+    a = mean_average_precision(ours, "label", null_size=500, seed=1, null_cache=cache)
+    b = mean_average_precision(ours, "label", null_size=500, seed=1, null_cache=cache)
+    assert len(cache) == 1
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, mean_average_precision(ours, "label", null_size=500, seed=1))

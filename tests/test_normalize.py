@@ -189,7 +189,7 @@ def test_well_centering_subtracts_each_wells_mean(tmp_path):
 ])
 def test_small_memory_streams_to_the_same_output(tmp_path, method, spherize_method, samples, well_center):
     df = synthetic_plate(n_cells=2001, nan_fraction=0.0 if method == "spherize" else 0.01)
-    src = write_plate(df, tmp_path / "plate.parquet", row_group_size=97)
+    src = write_plate(df, tmp_path / "plate.parquet", row_group_size=500)
     kwargs = dict(method=method, samples=samples, well_center=well_center, spherize_method=spherize_method or "ZCA")
     small = normalize_plate(src, tmp_path / "small.parquet", memory_mb=0.1, **kwargs)
     large = normalize_plate(src, tmp_path / "large.parquet", memory_mb=1024, **kwargs)
@@ -319,15 +319,15 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     src = write_plate(synthetic_plate(n_cells=1000), tmp_path / "plate.parquet", row_group_size=100)
     out = tmp_path / "out.parquet"
     out.write_bytes(b"previous output")
-    real_transform, calls = normalize_module.transform_kept, []
+    real_transform, calls = normalize_module.transform_block, []
 
-    def failing_transform(x, params):
+    def failing_transform(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:  # the third row block of the output
             raise RuntimeError("disk full")
-        return real_transform(x, params)
+        return real_transform(*args, **kwargs)
 
-    monkeypatch.setattr(normalize_module, "transform_kept", failing_transform)
+    monkeypatch.setattr(normalize_module, "transform_block", failing_transform)
     with pytest.raises(RuntimeError, match="disk full"):
         normalize_plate(src, out, memory_mb=0.05)
     assert out.read_bytes() == b"previous output"
@@ -345,3 +345,54 @@ def test_bookkeeping_columns_are_left_out(tmp_path, caplog):
     assert summary["dropped_columns"] == ["Cells_Location_Center_X"]
     assert names[:3] == ["Metadata_Plate", "Metadata_Well", "Metadata_broad_sample"]
     assert pq.read_schema(tmp_path / "out.parquet").field("Cells_Intensity_F00").type == pa.float32()
+
+
+@pytest.mark.parametrize("content", [b"Metadata_Well,Cells_X\nA01,1\n", None])
+def test_not_parquet_or_truncated_input_is_an_input_error_naming_it(tmp_path, content):
+    src = write_plate(synthetic_plate(), tmp_path / "plate.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(content if content is not None else src.read_bytes()[:-100])  # None: the footer cut off
+    with pytest.raises(InputError, match=str(bad)):
+        normalize_plate(bad, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_threads_do_not_change_the_output(tmp_path):
+    src = write_plate(synthetic_plate(n_cells=3000, nan_fraction=0.01), tmp_path / "plate.parquet", row_group_size=700)
+    one = normalize_plate(src, tmp_path / "one.parquet", threads=1, memory_mb=0.2)
+    two = normalize_plate(src, tmp_path / "two.parquet", threads=2, memory_mb=0.2)
+    assert one["n_row_batches"] > 4 and two["threads"] == 2
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet"))
+
+
+@pytest.mark.parametrize("method", ["robustize", "mad_robustize", "standardize"])
+def test_column_stats_equal_numpy_and_scipy(method):
+    """Sorted-column statistics against numpy's nan-functions and scipy's MAD (pycytominer's definitions)."""
+    from scipy.stats import median_abs_deviation
+
+    from cytoagg.normalize import column_stats
+
+    rng = np.random.default_rng(1)
+    for n in [2, 3, 4, 5, 10, 11, 1000, 1001]:
+        for kind in ["normal", "ties", "nan_inf"]:
+            x = rng.normal(3, 2, n).astype(np.float32)
+            if kind == "ties":
+                x = np.round(x).astype(np.float32)
+            if kind == "nan_inf" and n > 4:
+                x[:: 3] = np.nan
+                x[1] = np.inf
+                x[2] = -np.inf
+            finite = x[np.isfinite(x)].astype(np.float64)
+            center, scale, usable = column_stats(x.copy(), method, 1e-18 if method == "mad_robustize" else None)
+            if method == "standardize":
+                expected = finite.mean(), finite.std()
+            elif method == "robustize":
+                q25, q75 = np.percentile(finite, [25, 75])
+                expected = np.median(finite), q75 - q25
+            else:
+                expected = np.median(finite), median_abs_deviation(finite, scale=1 / 1.4826) + 1e-18
+            if usable:
+                assert center == expected[0]
+                assert scale == expected[1] if method != "standardize" else np.isclose(scale, expected[1], rtol=1e-12)
+            else:
+                assert len(finite) < 2 or expected[1] <= 1e-18 or np.ptp(finite) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_outputs_of_every_step(finished):
     assert (r / "features.txt").read_text().strip()
     hist = pd.read_csv(r / "model/training_log.csv")
     assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
-    for png in ("map_per_plate", "training_curve", "cells_per_well"):
+    for png in ("map_per_plate", "training_curve", "cells_per_well", "pr_curves", "map_vs_cells", "effective_rank"):
         assert (r / "plots" / f"{png}.png").stat().st_size > 1000
     # no temporary files left behind by atomic writes
     assert not list(r.rglob("*.tmp"))
@@ -84,13 +85,48 @@ def test_map_tables(finished):
     # The expected outcome: on the validation plate's held-out compounds the model beats the mean.
     val = long[(long.plate_split == "validation") & (long.compound_split == "validation")].set_index("method")["mAP"]
     assert val["model"] > val["mean"], val
+    for col in ("fraction_retrieved", "wilcoxon_p_vs_mean", "mean_ap_difference_vs_mean"):
+        assert col in long.columns
+    assert long.loc[long.method != "mean", "wilcoxon_p_vs_mean"].between(0, 1).all()
+    assert "Retrieved model | Retrieved BM | Training p (model vs BM) | Validation p (model vs BM) |" in md
+
+    compounds = pd.read_csv(finished / "results/tables/ap_per_compound.csv")
+    assert list(compounds.columns[:6]) == ["compound", "plate", "method", "mAP", "p_value", "corrected_p_value"]
+    assert len(compounds) == 48 * 3 * 3  # compounds x plates x methods
+    assert (compounds.corrected_p_value >= compounds.p_value).all()
+
+
+def test_sampling_sweep_and_effective_rank_tables(finished):
+    sweep = pd.read_csv(finished / "results/tables/map_vs_cells.csv", dtype={"cells_sampled": str})
+    assert set(sweep.cells_sampled) == {"10", "25", "all"} and set(sweep.method) == {"model", "mean"}
+    assert set(sweep.plate) == {"P1", "P2", "P3"}
+    assert sweep.loc[sweep.cells_sampled == "10", "mean_cells_used"].max() <= 10
+    # from all cells, the sweep finds the mAP of the main table
+    long = pd.read_csv(finished / "results/tables/map_per_plate.csv")
+    key = ["plate", "compound_split", "method"]
+    a = sweep[sweep.cells_sampled == "all"].set_index(key)["mAP"]
+    b = long[long.method.isin(["model", "mean"])].set_index(key)["mAP"]
+    pd.testing.assert_series_equal(a.sort_index(), b.loc[a.index].sort_index(), atol=1e-6, check_names=False)
+    rank = pd.read_csv(finished / "results/tables/effective_rank.csv")
+    assert rank.representation.tolist() == ["pooled", "head", "mean"] and set(rank.plates) == {"P3"}
 
 
 def test_report_contains_every_figure(finished):
     proc = snakemake(finished, "--report", "report.html")
     html = (finished / "report.html").read_text(errors="replace")
-    for name in ("map_per_plate.png", "training_curve.png", "cells_per_well.png", "map_per_plate.csv", "training_log.csv"):
+    for name in (
+        "map_per_plate.png", "training_curve.png", "cells_per_well.png", "pr_curves.png", "map_vs_cells.png",
+        "effective_rank.png", "map_per_plate.csv", "ap_per_compound.csv", "map_vs_cells.csv", "effective_rank.csv",
+        "training_log.csv",
+    ):  # fmt: skip
         assert name in html, name
+    # each figure is embedded (a PNG payload per figure), with its caption
+    figures = re.findall(r'"results/plots/(\w+)\.png": \{"name"', html)
+    assert sorted(figures) == sorted(
+        ["map_per_plate", "training_curve", "cells_per_well", "pr_curves", "map_vs_cells", "effective_rank"]
+    )
+    assert html.count("iVBORw0KGgo") >= len(figures)
+    assert "Precision-recall curves of one query well per compound kind" in html
 
 
 def test_nothing_to_do_after_a_run(finished):

@@ -158,6 +158,51 @@ def cmd_evaluate(args, p):
         args.profiles, args.out, perturbation_col=p["perturbation_col"], well_col=p["well_col"],
         plate_col=p.get("plate_col", "Metadata_Plate"), negcon_col=p.get("negcon_col"),
         negcon_value=p.get("negcon_value"), negcon_as_negatives=p.get("negcon_as_negatives", False),
+        reference=p.get("reference", "plate"), query_plates=args.plate, moa_col=p.get("moa_column"),
+        baseline_corrected=p.get("baseline_corrected", False),
+    )
+
+
+def cmd_evaluate_sampling(args, p):
+    from .sampling_sweep import sweep_plate
+
+    sweep_plate(
+        args.normalized, args.checkpoint, args.out, plate=args.plate, sizes=p["sizes"], seeds=p.get("seeds", 3),
+        mean_features=_read_list(args.features), well_col=p["well_col"], perturbation_col=p["perturbation_col"],
+        negcon_col=p.get("negcon_col"), negcon_value=p.get("negcon_value"),
+        negcon_as_negatives=p.get("negcon_as_negatives", False), embedding=p.get("embedding", "head"),
+        device=p.get("device", "auto"), threads=args.threads,
+    )
+
+
+def cmd_summarize_sampling(args, p):
+    import pandas as pd
+
+    from .io import write_table, write_text
+    from .sampling_sweep import summarize_sweep
+    from .summarize import to_markdown
+
+    ap = pd.concat([pd.read_parquet(f) for f in args.ap], ignore_index=True)
+    long, compact = summarize_sweep(ap, p["plate_split"], p["validation_compounds"], p.get("split_seed", 0))
+    write_table(long, args.out_csv)
+    write_text(
+        "# mAP vs cells sampled per well\n\n"
+        "Each well profiled from a random sample of its cells (without replacement; a well with fewer cells keeps "
+        "all of them), mean over the plates of a split, then mean and sd over seeds; `all`: every cell.\n\n"
+        + to_markdown(compact),
+        args.out_md,
+    )
+
+
+def cmd_effective_rank(args, p):
+    from .diagnostics import effective_rank_tables
+
+    if len(args.plate_names) != len(args.normalized):
+        raise InputError("--plate-names and --normalized must have the same length")
+    effective_rank_tables(
+        dict(zip(args.plate_names, args.normalized)), args.checkpoint, args.out_summary, args.out_spectra,
+        mean_features=_read_list(args.features), well_col=p["well_col"], perturbation_col=p["perturbation_col"],
+        device=p.get("device", "auto"), threads=args.threads,
     )
 
 
@@ -165,19 +210,21 @@ def cmd_summarize(args, p):
     import pandas as pd
 
     from .io import write_table, write_text
-    from .summarize import map_per_plate, seed_table, to_markdown
+    from .summarize import add_splits, ap_per_compound, map_per_plate, markdown_report, pooled_tests
 
     if len(args.methods) != len(args.ap):
         raise InputError("--methods and --ap must have the same length")
     ap = pd.concat([pd.read_parquet(f).assign(method=m) for m, f in zip(args.methods, args.ap)], ignore_index=True)
-    long = map_per_plate(ap, p["plate_split"], p["validation_compounds"], p.get("split_seed", 0))
-    write_table(long, args.out_csv)
-    md = (
-        "# Replicate retrieval mAP per plate\n\n"
-        "Training/Validation mAP: compounds used / held out in training; PR: precision at R over all compounds; "
-        "BM: mean-aggregation baseline.\n\n" + to_markdown(seed_table(long))
+    split_args = (p["plate_split"], p["validation_compounds"], p.get("split_seed", 0))
+    threshold = p.get("threshold", 0.05)
+    per_compound = ap_per_compound(
+        add_splits(ap, *split_args), null_size=p.get("null_size", 10000), threshold=threshold, seed=p.get("seed", 0)
     )
-    write_text(md, args.out_md)
+    long = map_per_plate(ap, *split_args, per_compound=per_compound)
+    write_table(long, args.out_csv)
+    if args.out_compounds:
+        write_table(per_compound, args.out_compounds)
+    write_text(markdown_report(long, pooled_tests(ap, *split_args), threshold), args.out_md)
 
 
 def cmd_plot(args, p):
@@ -185,14 +232,36 @@ def cmd_plot(args, p):
 
     from . import plots
 
+    def cells_per_well(files):
+        frames = [pd.read_parquet(f, columns=["Metadata_Plate", "Metadata_n_cells"]) for f in files]
+        df = pd.concat(frames).rename(columns={"Metadata_Plate": "plate", "Metadata_n_cells": "n_cells"})
+        return df.astype({"n_cells": int})
+
     if args.kind == "map":
         plots.plot_map_per_plate(pd.read_csv(args.inputs[0]), args.out)
     elif args.kind == "training":
         plots.plot_training_curve(pd.read_csv(args.inputs[0]), args.out)
     elif args.kind == "cells_per_well":
-        frames = [pd.read_parquet(f, columns=["Metadata_Plate", "Metadata_n_cells"]) for f in args.inputs]
-        df = pd.concat(frames).rename(columns={"Metadata_Plate": "plate", "Metadata_n_cells": "n_cells"})
-        plots.plot_cells_per_well(df.astype({"n_cells": int}), args.out)
+        plots.plot_cells_per_well(cells_per_well(args.inputs), args.out)
+    elif args.kind == "pr_curves":
+        from .evaluate import pr_curves
+
+        if not args.methods or len(args.methods) != len(args.inputs):
+            raise InputError("--methods must name the method of each --inputs file")
+        curves = pr_curves(
+            dict(zip(args.methods, args.inputs)), perturbation_col=p["perturbation_col"], group_col=p.get("group_column"),
+            well_col=p["well_col"], negcon_col=p.get("negcon_col"), negcon_value=p.get("negcon_value"),
+            negcon_as_negatives=p.get("negcon_as_negatives", False),
+            validation_compounds=p.get("validation_compounds", 0.25), split_seed=p.get("split_seed", 0),
+        )
+        plots.plot_pr_curves(curves, args.out, plate=p.get("plate", ""))
+    elif args.kind == "sampling":
+        from .sampling_sweep import compact_sweep
+
+        compact = compact_sweep(pd.read_csv(args.inputs[0], dtype={"cells_sampled": str}))
+        plots.plot_map_vs_cells(compact, cells_per_well(args.inputs[1:]), args.out)
+    elif args.kind == "effective_rank":
+        plots.plot_effective_rank(pd.read_csv(args.inputs[0]), pd.read_csv(args.inputs[1]), args.out)
 
 
 def cmd_toy_data(args, p):
@@ -247,9 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", cmd_train, ("--plate-names", many), ("--cells", many), ("--wells", many), ("--features", req), ("--out-model", req), ("--out-log", req))
     add("embed", cmd_embed, ("--normalized", req), ("--checkpoint", req), ("--out", req), ("--plate", req))
     add("aggregate", cmd_aggregate, ("--normalized", req), ("--features", req), ("--out", req), ("--method", req), ("--plate", req))
-    add("evaluate", cmd_evaluate, ("--profiles", req), ("--out", req))
-    add("summarize", cmd_summarize, ("--methods", many), ("--ap", many), ("--out-csv", req), ("--out-md", req))
-    add("plot", cmd_plot, ("--kind", {"required": True, "choices": ["map", "training", "cells_per_well"]}), ("--inputs", many), ("--out", req))
+    add("evaluate", cmd_evaluate, ("--profiles", many), ("--out", req), ("--plate", {"nargs": "+", "default": None}))
+    add("evaluate-sampling", cmd_evaluate_sampling, ("--normalized", req), ("--checkpoint", req), ("--features", req), ("--out", req), ("--plate", req))
+    add("effective-rank", cmd_effective_rank, ("--plate-names", many), ("--normalized", many), ("--checkpoint", req), ("--features", req), ("--out-summary", req), ("--out-spectra", req))
+    add("summarize", cmd_summarize, ("--methods", many), ("--ap", many), ("--out-csv", req), ("--out-md", req), ("--out-compounds", {"default": None}))
+    add("summarize-sampling", cmd_summarize_sampling, ("--ap", many), ("--out-csv", req), ("--out-md", req))
+    plot_kinds = ["map", "training", "cells_per_well", "pr_curves", "sampling", "effective_rank"]
+    add("plot", cmd_plot, ("--kind", {"required": True, "choices": plot_kinds}), ("--inputs", many), ("--out", req), ("--methods", {"nargs": "+", "default": None}))
     add("toy-data", cmd_toy_data, ("--out-train", req), ("--out-validation", req), ("--out-features", req), ("--out-figure", req))
     add("toy-summary", cmd_toy_summary, ("--runs", many), ("--methods", many), ("--ap", many), ("--out-md", req), ("--out-csv", req))
     return ap

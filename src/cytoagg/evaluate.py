@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .io import InputError, read_profiles, write_table
-from .metrics import AP_COLUMNS, average_precision
+from .metrics import AP_COLUMNS, average_precision, baseline_corrected_ap
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +67,60 @@ def _check_profiles(path, meta, x, plate_col, well_col, perturbation_col) -> Non
         )
 
 
-def _plate_ap(x: np.ndarray, perturbation: pd.Series, negcon: np.ndarray, negcon_as_negatives: bool):
-    """AP of the non-control wells of one plate (rows in input order)."""
-    codes = pd.factorize(perturbation.to_numpy())[0]
-    # A control well is never anyone's replicate, even if it shares a perturbation label.
-    codes = np.where(negcon, -1 - np.arange(len(codes)), codes)
-    treated = ~negcon
+def _retrieval_sets(labels, negcon, negcon_as_negatives, usable=None):
+    """Label codes and (query, reference, negative) masks of the evaluate step's retrieval task.
+
+    Controls (and rows not ``usable``) are never anyone's positive. Queries: the non-control
+    ``usable`` rows. References: those rows, plus the controls as the only negatives when
+    ``negcon_as_negatives``.
+    """
+    n = len(labels)
+    usable = np.ones(n, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    codes = pd.factorize(np.asarray(labels, dtype=object))[0]
+    codes = np.where(negcon | ~usable, -1 - np.arange(n), codes)
+    treated = ~negcon & usable
+    if negcon_as_negatives:
+        return codes, treated, treated | negcon, negcon
+    return codes, treated, treated, None
+
+
+def _retrieval(x, labels, negcon, negcon_as_negatives, queries, usable=None, exclude=None) -> pd.DataFrame:
+    """AP of the ``queries`` (non-control, ``usable``) rows at retrieving the rows that share their label.
+
+    ``exclude``: labels whose rows are removed from a query's candidates when they match its own
+    (its replicates, for MoA retrieval). See :func:`_retrieval_sets`.
+    """
+    codes, treated, refs, negatives = _retrieval_sets(labels, negcon, negcon_as_negatives, usable)
     return average_precision(
-        x,
-        codes,
-        query_mask=treated,
-        reference_mask=None if negcon_as_negatives else treated,
-        negative_mask=negcon if negcon_as_negatives else None,
+        x, codes, query_mask=queries & treated, reference_mask=refs, negative_mask=negatives, exclude_labels=exclude
     )
 
 
+MOA_COLUMNS = ["moa_average_precision", "moa_precision_at_r", "moa_n_positives", "moa_n_candidates"]
+CORRECTED = "baseline_corrected_ap"
+
+
+def _read_all(paths) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """Profiles of one or several files (same features), stacked; and a name for messages."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise InputError("no profile file to evaluate")
+    metas, xs, names = [], [], None
+    for path in paths:
+        meta, x, feats = read_profiles(path)
+        if names is not None and feats != names:
+            raise InputError(f"{path}: feature columns differ from those of {paths[0]}")
+        names = feats
+        metas.append(meta)
+        xs.append(x)
+    label = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    if len(paths) == 1:
+        return metas[0], xs[0], label
+    return pd.concat(metas, ignore_index=True), np.concatenate(xs), label
+
+
 def evaluate_plate(
-    profiles_path: str | os.PathLike,
+    profiles_path,
     out: str | os.PathLike,
     *,
     perturbation_col: str,
@@ -92,60 +129,186 @@ def evaluate_plate(
     negcon_col: str | None = None,
     negcon_value: str | None = None,
     negcon_as_negatives: bool = False,
+    reference: str = "plate",
+    query_plates=None,
+    moa_col: str | None = None,
+    baseline_corrected: bool = False,
     log=None,
 ) -> pd.DataFrame:
     """Write (and return) one row per treated well: its AP at retrieving same-perturbation wells.
 
-    Wells are ranked against the other wells of their own plate (a file with several plates is
-    evaluated plate by plate). Negative controls (``negcon_col == negcon_value``; ``negcon_col``
-    defaults to ``perturbation_col``) are neither queries nor candidates, unless
-    ``negcon_as_negatives``: then they are the only negatives. A perturbation with a single
-    treated well on the plate has no replicate: its well is written with ``n_positives == 0`` and
-    NaN AP, so the summary can count skipped queries. Control wells are not written.
+    ``profiles_path``: one profile file, or several (e.g. every plate of a split). ``reference``:
+    ``plate`` ranks each well against the other wells of its own plate; ``split`` against the wells
+    of every plate read (replicates on other plates are positives too). ``query_plates``: the plates
+    whose wells are queries and written (default: all). Negative controls (``negcon_col ==
+    negcon_value``; ``negcon_col`` defaults to ``perturbation_col``) are neither queries nor
+    candidates, unless ``negcon_as_negatives``: then they are the only negatives. A perturbation with
+    a single treated well has no replicate: its well is written with ``n_positives == 0`` and NaN AP,
+    so the summary can count skipped queries. Control wells are not written.
+
+    ``moa_col``, when the profiles have it: also MoA retrieval (``moa_*`` columns): positives are the
+    wells of other perturbations with the same MoA, the query's own replicates are not candidates
+    (as the paper's ``percent_matching``); wells with no MoA are neither queries nor candidates.
+    ``baseline_corrected``: also ``baseline_corrected_ap`` = max(AP - n_positives / n_candidates, 0)
+    (CytoSummaryNet's corrected AP, not the plain AP), and ``moa_baseline_corrected_ap``.
 
     Columns: ``plate``, ``well``, ``perturbation``, ``average_precision``, ``precision_at_r``,
-    ``n_positives``, ``n_candidates``, then the well's other ``Metadata_*`` columns.
+    ``n_positives``, ``n_candidates``, the optional ones above, then the well's other ``Metadata_*``.
     """
     say = _logger(log)
-    meta, x, _ = read_profiles(profiles_path)
+    if reference not in ("plate", "split"):
+        raise InputError(f"evaluate.reference must be 'plate' or 'split', got {reference!r}")
+    meta, x, name = _read_all(profiles_path)
     negcon_col = negcon_col or perturbation_col
     required = {"perturbation": perturbation_col, "well": well_col, "plate": plate_col}
     if negcon_value is not None:
         required["negative control"] = negcon_col
     elif negcon_as_negatives:
-        raise InputError(f"{profiles_path}: negcon_as_negatives needs negcon_value (which wells are controls)")
-    _require_columns(profiles_path, meta, required)
+        raise InputError(f"{name}: negcon_as_negatives needs negcon_value (which wells are controls)")
+    _require_columns(name, meta, required)
     if meta.empty:
-        raise InputError(f"{profiles_path}: no wells")
-    _check_profiles(profiles_path, meta, x, plate_col, well_col, perturbation_col)
+        raise InputError(f"{name}: no wells")
+    _check_profiles(name, meta, x, plate_col, well_col, perturbation_col)
 
     if negcon_value is None:
         negcon = np.zeros(len(meta), dtype=bool)
     else:
         negcon = (meta[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+    plates = meta[plate_col].astype("string").to_numpy(dtype=object)
+    if query_plates is None:
+        is_query = np.ones(len(meta), dtype=bool)
+    else:
+        query_plates = [query_plates] if isinstance(query_plates, str) else list(query_plates)
+        missing = sorted(set(query_plates) - set(plates))
+        if missing:
+            raise InputError(f"{name}: no well of plate(s) {missing} (plates found: {sorted(set(plates))})")
+        is_query = np.isin(plates, query_plates)
+    has_moa = moa_col is not None and moa_col in meta.columns and meta[moa_col].notna().any()
+    if moa_col is not None and not has_moa:
+        say(f"no {moa_col!r} values in the profiles: no MoA retrieval")
+    perturbation = meta[perturbation_col].to_numpy(dtype=object)
 
+    if reference == "plate":
+        groups = meta.groupby(plate_col, sort=False, dropna=False).indices
+        groups = {p: rows for p, rows in groups.items() if is_query[rows].any()}
+    else:
+        groups = {"+".join(dict.fromkeys(plates)): np.arange(len(meta))}
     parts = []
-    for plate, rows in meta.groupby(plate_col, sort=False, dropna=False).indices.items():
+    for group, rows in groups.items():
         n_negcon = int(negcon[rows].sum())
         if negcon_value is not None and n_negcon == 0:
             if negcon_as_negatives:
                 raise InputError(
-                    f"{profiles_path}: plate {plate}: no negative-control well "
-                    f"({negcon_col} == {negcon_value!r}) to rank against"
+                    f"{name}: plate {group}: no negative-control well ({negcon_col} == {negcon_value!r}) to rank against"
                 )
-            say(f"plate {plate}: no well has {negcon_col} == {negcon_value!r}")
-        ap = _plate_ap(x[rows], meta[perturbation_col].iloc[rows], negcon[rows], negcon_as_negatives)
+            say(f"plate {group}: no well has {negcon_col} == {negcon_value!r}")
+        common = dict(negcon=negcon[rows], negcon_as_negatives=negcon_as_negatives, queries=is_query[rows])
+        ap = _retrieval(x[rows], perturbation[rows], **common)
+        if baseline_corrected:
+            ap[CORRECTED] = baseline_corrected_ap(ap["average_precision"], ap["n_positives"], ap["n_candidates"])
+        if has_moa:
+            moa = meta[moa_col].iloc[rows]
+            m = _retrieval(
+                x[rows], moa.fillna("").to_numpy(dtype=object), **common, usable=moa.notna().to_numpy(),
+                exclude=pd.factorize(perturbation[rows])[0],
+            )
+            m = m.reindex(ap.index)
+            ap["moa"] = moa.iloc[ap.index].to_numpy(dtype=object)
+            for col in AP_COLUMNS:
+                ap[f"moa_{col}"] = m[col].to_numpy()
+            ap["moa_n_positives"] = ap["moa_n_positives"].fillna(0).astype(np.int64)
+            ap["moa_n_candidates"] = ap["moa_n_candidates"].fillna(0).astype(np.int64)
+            if baseline_corrected:
+                ap[f"moa_{CORRECTED}"] = baseline_corrected_ap(
+                    ap["moa_average_precision"], ap["moa_n_positives"], ap["moa_n_candidates"]
+                )
         parts.append(ap.set_index(rows[ap.index.to_numpy()]))
+        scored = ap["n_positives"] > 0
         say(
-            f"plate {plate}: {len(ap)} query well(s), {int((ap['n_positives'] == 0).sum())} without a replicate "
+            f"plate {group}: {len(ap)} query well(s), {int((~scored).sum())} without a replicate "
             f"(skipped), {n_negcon} negative-control well(s); "
             f"mean AP {ap['average_precision'].mean():.4f}"
+            + (f"; MoA retrieval: {int((ap['moa_n_positives'] > 0).sum())} query well(s)" if has_moa else "")
         )
 
     scores = pd.concat(parts).sort_index()
     result = pd.concat([meta.iloc[scores.index].reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
     ids = dict(zip(ID_COLUMNS, (plate_col, well_col, perturbation_col)))
     others = [c for c in meta.columns if c not in ids.values()]
-    result = result.rename(columns={v: k for k, v in ids.items()})[[*ids, *AP_COLUMNS, *others]]
+    extra = [c for c in scores.columns if c not in AP_COLUMNS]
+    result = result.rename(columns={v: k for k, v in ids.items()})[[*ids, *AP_COLUMNS, *extra, *others]]
     write_table(result, out)
     return result
+
+
+def pr_curves(
+    profiles: dict[str, str | os.PathLike],
+    *,
+    perturbation_col: str,
+    group_col: str | None = None,
+    well_col: str = "Metadata_Well",
+    negcon_col: str | None = None,
+    negcon_value: str | None = None,
+    negcon_as_negatives: bool = False,
+    validation_compounds=0.25,
+    split_seed: int = 0,
+) -> pd.DataFrame:
+    """Precision-recall curves of one query well per group, for each method (profiles: method -> one plate's file).
+
+    Groups: the values of ``group_col`` (e.g. the compound kind) when the profiles have it, else the
+    compound split (training / validation compounds). A group's query is its well with the median
+    AP under the first method (the model), among wells with a replicate; every method ranks the
+    same query, as the evaluate step ranks it. Returns one row per (group, method, rank): group,
+    method, well, perturbation, average_precision, rank, recall, precision.
+    """
+    from .metrics import ranked_relevance
+    from .splits import split_compounds
+
+    read = {m: read_profiles(p)[:2] for m, p in profiles.items()}
+    first = next(iter(read))
+    meta = read[first][0]
+    _require_columns(profiles[first], meta, {"perturbation": perturbation_col, "well": well_col})
+    wells = meta[well_col].astype(str).to_numpy()
+    negcon_col = negcon_col or perturbation_col
+    if negcon_value is None or negcon_col not in meta.columns:
+        negcon = np.zeros(len(meta), dtype=bool)
+    else:
+        negcon = (meta[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+    labels = meta[perturbation_col].to_numpy(dtype=object)
+    if group_col and group_col in meta.columns and meta.loc[~negcon, group_col].notna().any():
+        groups = meta[group_col].astype("string").fillna("(none)").to_numpy(dtype=object)
+    else:
+        split = split_compounds(pd.unique(labels.astype(str)), validation_compounds, split_seed)
+        groups = np.array([f"{split[str(v)]} compounds" for v in labels], dtype=object)
+    codes, treated, refs, negatives = _retrieval_sets(labels, negcon, negcon_as_negatives)
+    x0 = read[first][1]
+    ap0 = average_precision(x0, codes, query_mask=treated, reference_mask=refs, negative_mask=negatives)
+    ap0 = ap0[ap0["n_positives"] > 0]
+    rows = []
+    for group in sorted(set(groups[ap0.index])):
+        cand = ap0[groups[ap0.index] == group].sort_values("average_precision", kind="stable")
+        query = int(cand.index[(len(cand) - 1) // 2])
+        for method, (m_meta, x) in read.items():
+            order = pd.Index(m_meta[well_col].astype(str)).get_indexer(wells)
+            if (order < 0).any():
+                raise InputError(f"{profiles[method]}: wells differ from those of {profiles[first]}")
+            rel = ranked_relevance(x[order], codes, query, reference_mask=refs, negative_mask=negatives)
+            hits = np.cumsum(rel)
+            rank = np.arange(1, len(rel) + 1)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "group": group,
+                        "method": method,
+                        "well": wells[query],
+                        "perturbation": labels[query],
+                        "average_precision": (hits[rel] / rank[rel]).mean(),
+                        "rank": rank,
+                        "recall": hits / max(int(rel.sum()), 1),
+                        "precision": hits / rank,
+                    }
+                )
+            )
+    if not rows:
+        raise InputError(f"{profiles[first]}: no well has a replicate: no precision-recall curve to draw")
+    return pd.concat(rows, ignore_index=True)

@@ -260,8 +260,9 @@ def fit_feature_selection(plates: list, out_txt, *, operations: Sequence[str] = 
     candidates = [f for f in per_plate[0] if f in shared]
     not_common = sorted(set().union(*per_plate) - shared)
     if not_common:
-        log.warning("feature selection: %d feature(s) not in all %d plates left out: %s",
-                    len(not_common), len(plates), not_common)
+        lacking = {str(p): sorted(set(not_common) - set(f)) for p, f in zip(plates, per_plate)}
+        log.warning("feature selection: %d feature(s) not in all %d plates left out: %s; missing per plate: %s",
+                    len(not_common), len(plates), not_common, {p: m for p, m in lacking.items() if m})
     if not candidates:
         raise InputError(f"no feature column common to all plates: {[str(p) for p in plates]}")
 

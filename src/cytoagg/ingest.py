@@ -3,16 +3,29 @@
 Sources: a CellProfiler SQLite file, a folder of per-site CellProfiler CSV folders, or a single-cell
 Parquet/CSV already in pycytominer layout. The output holds ``Metadata_*`` strings (plate, well, source
 metadata, platemap annotations) and then float32 features. Rows are ordered by well, so later steps can read
-each well as one contiguous run. Sources are read in chunks and written row group by row group.
+each well as one contiguous run. Sources are read in chunks and written row group by row group
+(``rows_per_group``: 50,000 cells, fewer on plates wider than 1,342 features, so a row group stays <= 256 MB).
+
+A SQLite plate is read by worker processes (``workers``), each running the compartments' join for a group of
+images; the main process adds the metadata with Arrow and writes (benchmarks/ingest.md). Its peak memory is
+about 0.4 GB per process plus one row group, whatever the plate's length.
 """
 
 from __future__ import annotations
 
+import collections
+import csv
+import gzip
+import itertools
 import logging
+import multiprocessing
 import os
 import sqlite3
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,7 +80,10 @@ def detect_format(source: str | os.PathLike) -> str:
 
 def check_sqlite_file(path: Path) -> None:
     """Reject non-SQLite and truncated files: the header records the page size and page count."""
-    header = path.read_bytes()[:100] if path.is_file() else b""
+    header = b""
+    if path.is_file():
+        with open(path, "rb") as fh:
+            header = fh.read(100)
     if not header.startswith(SQLITE_MAGIC):
         raise InputError(f"{path}: not an SQLite file")
     if len(header) < 100:
@@ -93,6 +109,59 @@ def check_parquet_file(path: Path) -> None:
         raise InputError(f"{path}: not a Parquet file")
     if tail != PARQUET_MAGIC:
         raise InputError(f"{path}: truncated Parquet file (no footer)")
+
+
+def check_csv_complete(path: Path) -> None:
+    """A CSV cut off mid-row (a copy that stopped early) is an InputError: pandas would read the last row short,
+    with NaN. Checked on plain (not compressed) files: the last line must end the file or have all its fields."""
+    if path.name.lower().endswith(".gz") or not path.is_file():
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        fh.seek(max(0, size - 65536))
+        tail = fh.read()
+    if not tail or tail.endswith(b"\n") or b"\n" not in tail:
+        return
+    last = tail.rsplit(b"\n", 1)[1]
+    fields = lambda line: len(next(csv.reader([line.decode("utf-8", "replace")]), []))  # noqa: E731
+    if fields(last) < fields(header.rstrip(b"\r\n")):
+        raise InputError(f"{path}: truncated CSV (the last row has {fields(last)} of {fields(header.rstrip())} fields)")
+
+
+def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+    """A Parquet file opened for reading; not Parquet, truncated or unreadable is an InputError naming it.
+
+    Column chunks are read as needed (no pre-buffering of a whole row group's raw bytes: half the memory,
+    same speed on local disks).
+    """
+    path = Path(path)
+    check_parquet_file(path)
+    try:
+        return pq.ParquetFile(path, pre_buffer=False)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+
+
+ROW_GROUP_VALUES = 2**26  # feature values per row group at most (256 MB of float32): what ingest buffers, normalize reads at once
+
+
+def rows_per_group(n_features: int, chunk_rows: int) -> int:
+    """Rows per written row group: ``chunk_rows``, fewer for wide plates (row groups stay <= 256 MB)."""
+    return max(1, min(int(chunk_rows), ROW_GROUP_VALUES // max(n_features, 1)))
+
+
+def cell_writer(path: str | os.PathLike, schema: pa.Schema) -> pq.ParquetWriter:
+    """The writer of every per-cell Parquet (ingest, normalize): features plain and uncompressed, ``Metadata_*``
+    dictionary-encoded and snappy-compressed.
+
+    Float features rarely repeat and hardly compress (snappy saves 1-8% on real and synthetic plates):
+    pyarrow's defaults, trying a dictionary on every column and compressing every page, cost most of
+    the time of writing and reading them (benchmarks/normalize.md).
+    """
+    metadata = [f.name for f in schema if is_metadata(f.name)]
+    compression = {f.name: "snappy" if is_metadata(f.name) else "none" for f in schema}
+    return pq.ParquetWriter(path, schema, use_dictionary=metadata, compression=compression)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -261,7 +330,13 @@ def _quote(name: str) -> str:
 
 
 class SqliteSource(Source):
-    """CellProfiler SQLite: an Image table and one table per compartment, with or without ``Per_``."""
+    """CellProfiler SQLite: an Image table and one table per compartment, with or without ``Per_``.
+
+    Cells are read by one SQL join per group of images (the compartments' inner join on the hub's parent
+    columns, as pycytominer merges them), by ``workers`` processes at once (SQLite allows concurrent
+    readers; the ``sqlite3`` module spends most of its time turning values into Python objects, under
+    the GIL, so threads would not help). The main process adds the metadata with Arrow and writes.
+    """
 
     format = "sqlite"
 
@@ -272,11 +347,11 @@ class SqliteSource(Source):
         tables = [r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         self.image_table = self._table(tables, "Image")
         self.tables = {c: self._table(tables, c) for c in compartments}
-        table_columns = {c: self._columns(t) for c, t in self.tables.items()}
-        self.links = link_compartments(table_columns, {c: f"{path}: table {t}" for c, t in self.tables.items()})
+        self.table_columns = {c: self._columns(t) for c, t in self.tables.items()}
+        self.links = link_compartments(self.table_columns, {c: f"{path}: table {t}" for c, t in self.tables.items()})
         self.image_metadata = self._image_metadata()
         self.columns = [*self.image_metadata.values(), IMAGE_NUMBER_META, OBJECT_NUMBER]
-        self.columns += [c for cols in table_columns.values() for c in cols if c != IMAGE_NUMBER]
+        self.columns += [c for cols in self.table_columns.values() for c in cols if c != IMAGE_NUMBER]
 
     def close(self) -> None:
         self.con.close()
@@ -309,22 +384,103 @@ class SqliteSource(Source):
         hub = _quote(self.tables[self.links.hub])
         return dict(self.con.execute(f"SELECT ImageNumber, COUNT(*) FROM {hub} GROUP BY ImageNumber"))
 
-    def _read(self, compartment: str, columns: list[str], image_numbers: list[int]) -> pd.DataFrame:
-        cols = ", ".join(_quote(c) for c in dict.fromkeys(columns))
-        ids = ", ".join(str(int(i)) for i in image_numbers)
-        table = _quote(self.tables[compartment])
-        return pd.read_sql_query(f"SELECT {cols} FROM {table} WHERE ImageNumber IN ({ids})", self.con)
+    def _unindexed(self) -> list[str]:
+        """Compartment tables with no index starting with ImageNumber (each group of images rescans them)."""
+        unindexed = []
+        for table in self.tables.values():
+            leading = set()
+            for index in self.con.execute(f"PRAGMA index_list({_quote(table)})").fetchall():
+                info = self.con.execute(f"PRAGMA index_info({_quote(index[1])})").fetchall()
+                if info:
+                    leading.add(min(info)[2])
+            if IMAGE_NUMBER not in leading:
+                unindexed.append(table)
+        return unindexed
 
-    def batches(self, metadata, features, chunk_rows):
+    def _alias(self) -> dict[str, str]:
+        return {c: f"t{i}" for i, c in enumerate(self.tables)}
+
+    def _join(self, select: list[str]) -> str:
+        """``SELECT <select> FROM`` the hub inner-joined with every other compartment, for a list of images."""
+        alias = self._alias()
+        hub = self.links.hub
+        sql = f"SELECT {', '.join(select)} FROM {_quote(self.tables[hub])} AS {alias[hub]}"
+        for compartment, parent in self.links.parent.items():
+            a = alias[compartment]
+            sql += (f" JOIN {_quote(self.tables[compartment])} AS {a} ON {a}.ImageNumber = {alias[hub]}.ImageNumber"
+                    f" AND {a}.{_quote(self.links.object_number[compartment])} = {alias[hub]}.{_quote(parent)}")
+        return sql + f" WHERE {alias[hub]}.ImageNumber IN ({{images}})"
+
+    def cell_query(self, features: list[str]) -> CellQuery:
+        alias = self._alias()
+        hub = self.links.hub
+        cell = "Cells" if "Cells" in self.tables else hub
+        select = [f"{alias[hub]}.ImageNumber", f"{alias[hub]}.{_quote(self.links.object_number[hub])}",
+                  f"{alias[cell]}.{_quote(self.links.object_number[cell])}"]
+        owner = {}
+        for compartment, cols in self.table_columns.items():
+            for col in cols:
+                owner.setdefault(col, compartment)
+        select += [f"{alias[owner[f]]}.{_quote(f)}" for f in features]
+        names = (IMAGE_NUMBER, self.links.object_number[hub], self.links.object_number[cell], *features)
+        return CellQuery(str(self.path.resolve()), self._join(select), names)
+
+    def arrow_batches(self, columns: list[str], features: list[str], chunk_rows: int, plate: str, plate_col: str,
+                      annotations: pd.DataFrame | None, tally: Tally, workers: int, log: logging.Logger):
+        """Final Arrow tables (``columns`` metadata, then float32 ``features``), cells ordered by well, image, object."""
         images = self._images()
+        if plate_col in images:
+            tally.source_plates.update(images[plate_col].dropna().astype(str).unique())
+        images = images.assign(**{plate_col: plate})
+        if annotations is not None:
+            known = images[self.well_col].isin(annotations.index).to_numpy()
+            self._count_dropped(images.loc[~known], tally)
+            images = images.loc[known].reset_index(drop=True)
+            for col in annotations.columns:
+                images[col] = images[self.well_col].map(annotations[col]).to_numpy()
+        per_image = pa.Table.from_arrays(
+            [_strings(images[c]) for c in columns if c not in (IMAGE_NUMBER_META, OBJECT_NUMBER)],
+            names=[c for c in columns if c not in (IMAGE_NUMBER_META, OBJECT_NUMBER)],
+        )
+        numbers = images[IMAGE_NUMBER].to_numpy(np.int64)
+        sorter = np.argsort(numbers)
+        wells = images[self.well_col].to_numpy(object)
+        unindexed = self._unindexed()
+        per_task = max(1, min(chunk_rows, TASK_VALUES // max(len(features), 1)))
+        if unindexed:
+            log.warning("%s: no index on ImageNumber in %s: each group of %d cells rescans them",
+                        self.path, unindexed, chunk_rows)
+            per_task = chunk_rows
         counts = self._cell_counts()
-        for group in chunk_images(images[IMAGE_NUMBER].tolist(), counts, chunk_rows):
-            frames = {
-                c: self._read(c, self.links.columns(c) + compartment_features(features, c), group)
-                for c in self.tables
-            }
-            cells = attach_images(merge_objects(frames, self.links), images, self.links)
-            yield cells[[*metadata, *features]]
+        tasks = [(group, sum(counts.get(i, 0) for i in group))
+                 for group in chunk_images(numbers.tolist(), counts, per_task)]
+        query = self.cell_query(features)
+        schema = profile_schema(pd.DataFrame(columns=[*columns, *features]))
+        for keys, values in fetch_in_order(query, tasks, workers):
+            position = sorter[np.searchsorted(numbers, keys[0], sorter=sorter)]
+            tally.add(pd.Series(wells[position]))
+            meta = per_image.take(position)
+            arrays = {name: meta.column(name) for name in meta.column_names}
+            arrays[IMAGE_NUMBER_META] = pa.array(keys[0]).cast(pa.string())
+            arrays[OBJECT_NUMBER] = pa.array(keys[2]).cast(pa.string())
+            arrays.update((name, pa.array(values[j])) for j, name in enumerate(features))
+            del values
+            yield pa.Table.from_arrays([arrays.pop(f.name) for f in schema], schema=schema)
+
+    def _count_dropped(self, images: pd.DataFrame, tally: Tally) -> None:
+        """Cells (after the merge) of images whose well is not in the platemap, per well."""
+        if images.empty:
+            return
+        hub = f"{self._alias()[self.links.hub]}.ImageNumber"
+        sql = self._join([hub, "COUNT(*)"]).format(images=", ".join(map(str, images[IMAGE_NUMBER])))
+        counts = dict(self.con.execute(f"{sql} GROUP BY {hub}").fetchall())
+        for number, well in zip(images[IMAGE_NUMBER], images[self.well_col]):
+            if counts.get(number):
+                tally.dropped_cells[well] = tally.dropped_cells.get(well, 0) + counts[number]
+
+
+def _strings(values: pd.Series) -> pa.Array:
+    return pa.array([None if v is None or v != v else str(v) for v in values], type=pa.string())
 
 
 def chunk_images(image_numbers: list[int], counts: dict[int, int], chunk_rows: int) -> Iterator[list[int]]:
@@ -338,6 +494,113 @@ def chunk_images(image_numbers: list[int], counts: dict[int, int], chunk_rows: i
         n += counts.get(image, 0)
     if group:
         yield group
+
+
+# ---------------------------------------------------------------- SQLite readers (run in worker processes)
+
+TASK_VALUES = 2**22  # feature values per group of images read at once (16 MB of float32)
+_FETCH_ROWS = 256
+_CONNECTIONS: dict[str, sqlite3.Connection] = {}
+
+
+class CellQuery(NamedTuple):
+    """The join of one plate's compartments; ``{images}`` in ``sql`` takes a list of image numbers.
+
+    Selected: ImageNumber, the hub's and the cell's object numbers, then the features (``names``)."""
+
+    path: str
+    sql: str
+    names: tuple[str, ...]
+
+
+def _connection(path: str) -> sqlite3.Connection:
+    con = _CONNECTIONS.get(path)
+    if con is None:
+        con = _CONNECTIONS[path] = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+    return con
+
+
+def _float64_rows(rows: list[tuple], query: CellQuery) -> np.ndarray:
+    """Rows of numbers (NULL -> NaN) as float64; text that is not a number is an InputError naming the column."""
+    try:
+        return np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        for j, name in enumerate(query.names):
+            for row in rows:
+                try:
+                    float(np.float64(row[j] if row[j] is not None else np.nan))
+                except (TypeError, ValueError):
+                    raise InputError(f"{query.path}: column {name} holds a non-number: {row[j]!r}") from None
+        raise
+
+
+def fetch_cells(query: CellQuery, images: Sequence[int], max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The merged cells of ``images`` (at most ``max_rows``), ordered as ``images`` and then by the hub's object number.
+
+    Returns int64 keys (3 x cells: ImageNumber, hub object number, cell object number) and float32
+    features (features x cells, each feature contiguous).
+    """
+    cursor = _connection(query.path).execute(query.sql.format(images=", ".join(str(int(i)) for i in images)))
+    n_features = len(query.names) - 3
+    keys = np.empty((max_rows, 3), dtype=np.int64)
+    values = np.empty((max_rows, n_features), dtype=np.float32)
+    n = 0
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        if n + len(rows) > max_rows:
+            raise InputError(f"{query.path}: the merge gives more cells than the hub table has objects "
+                             f"(images {images[0]}..{images[-1]}): an object number repeats in some table")
+        x = _float64_rows(rows, query)
+        keys[n:n + len(rows)] = x[:, :3]
+        values[n:n + len(rows)] = x[:, 3:]
+        n += len(rows)
+        del x, rows
+    keys = keys[:n]
+    images = np.asarray(images, dtype=np.int64)
+    sorter = np.argsort(images)
+    order = np.lexsort((keys[:, 1], sorter[np.searchsorted(images, keys[:, 0], sorter=sorter)]))
+    keys = keys[order]
+    same = np.flatnonzero((np.diff(keys[:, 0]) == 0) & (np.diff(keys[:, 1]) == 0))
+    if len(same):
+        image, obj = keys[same[0]][:2]
+        raise InputError(f"{query.path}: several rows for one object after the merge (ImageNumber {image}, "
+                         f"{query.names[1]} {obj}): an object number repeats within an image in some table")
+    out = np.empty((n_features, n), dtype=np.float32)
+    step = max(1, 2**20 // max(n, 1))
+    for j in range(0, n_features, step):
+        out[j:j + step] = values[order, j:j + step].T
+    return np.ascontiguousarray(keys.T), out
+
+
+def fetch_in_order(query: CellQuery, tasks: list[tuple[list[int], int]], workers: int
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``fetch_cells`` of each (images, max_rows) task, in order, by ``workers`` processes, at most one task ahead each."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield fetch_cells(query, *task)
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or locks inherited
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+        pending: collections.deque = collections.deque()
+        todo = iter(tasks)
+        try:
+            for task in itertools.islice(todo, workers + 1):
+                pending.append(pool.submit(fetch_cells, query, *task))
+            while pending:
+                try:
+                    result = pending.popleft().result()
+                except BrokenProcessPool as e:
+                    raise RuntimeError(
+                        "a SQLite reader process died; a script that calls ingest_plate needs an "
+                        "`if __name__ == '__main__':` guard (processes are spawned), or pass workers=1"
+                    ) from e
+                task = next(todo, None)
+                if task is not None:
+                    pending.append(pool.submit(fetch_cells, query, *task))
+                yield result
+                del result
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 class CellProfilerCsvSource(Source):
@@ -361,6 +624,8 @@ class CellProfilerCsvSource(Source):
             for c in self.compartments:
                 if not (site / f"{c}.csv").is_file():
                     raise InputError(f"{site / f'{c}.csv'}: missing compartment file for {c}")
+                check_csv_complete(site / f"{c}.csv")
+            check_csv_complete(site / "Image.csv")
         first = self.sites[0]
         table_columns = {c: self._object_header(first / f"{c}.csv", c) for c in self.compartments}
         self.links = link_compartments(table_columns, {c: str(first / f"{c}.csv") for c in self.compartments})
@@ -475,6 +740,7 @@ class CsvSource(Source):
 
     def __init__(self, path: Path, well_col: str, workdir: Path):
         self.path, self.well_col, self.workdir = path, well_col, workdir
+        check_csv_complete(path)
         self.columns = list(pd.read_csv(path, nrows=0).columns)
 
     def _to_parquet(self, target: Path, metadata: list[str], features: list[str], chunk_rows: int) -> None:
@@ -580,13 +846,15 @@ def ingest_plate(
     features=None,
     blocklist=None,
     chunk_rows=50_000,
+    workers=None,
     log=None,
 ) -> dict:
     """Write one plate's cells to ``out`` (Parquet, rows ordered by well) and return a summary.
 
     ``source`` is a CellProfiler SQLite file, a folder of CellProfiler CSV site folders, or a single-cell
     Parquet/CSV. ``plate`` is written to ``plate_col`` whatever the source says. A bad input raises
-    ``InputError`` naming the file and column/table, and leaves no file at ``out``.
+    ``InputError`` naming the file and column/table, and leaves no file at ``out``. ``workers``: processes
+    reading a SQLite plate at once (default: the CPUs this process may use, at most 8).
     """
     log = log or _log
     source, out = Path(source), Path(out)
@@ -601,18 +869,20 @@ def ingest_plate(
         src = open_source(source, fmt, list(compartments), well_col, out.parent)
         try:
             summary = _write(
-                src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows, log
+                src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows,
+                _workers(workers), log,
             )
         finally:
             src.close()
     except (sqlite3.DatabaseError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError,
-            pd.errors.MergeError, UnicodeDecodeError) as e:
+            pd.errors.MergeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise InputError(f"{source}: cannot read ({type(e).__name__}: {e})") from e
     summary["platemap"] = None if platemap_file is None else str(platemap_file)
     return summary
 
 
-def _write(src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows, log):
+def _write(src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows,
+           workers, log):
     if well_col not in src.columns:
         raise InputError(f"{src.path}: no well column {well_col} (metadata: {metadata_columns(src.columns)})")
     kept, dropped = select_features(src.columns, src.path, compartments, features, blocklist)
@@ -621,19 +891,53 @@ def _write(src, out, plate, annotations, plate_col, well_col, compartments, feat
     columns = output_metadata(source_metadata, annotations, plate_col, well_col)
     schema = profile_schema(pd.DataFrame(columns=[*columns, *kept]))
     read_metadata = [c for c in source_metadata if c in columns or c == plate_col]
+    group_rows = rows_per_group(len(kept), chunk_rows)
     tally = Tally()
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for batch in src.batches(read_metadata, kept, chunk_rows):
-            if plate_col in batch:
-                tally.source_plates.update(batch[plate_col].dropna().astype(str).unique())
-            batch = annotate(batch.assign(**{plate_col: plate}), annotations, well_col, tally)
-            if len(batch):
-                tally.add(batch[well_col])
-                frame = pd.concat([batch[columns], to_float32(batch, kept, src.path)], axis=1)
-                writer.write_table(to_arrow(frame, schema), row_group_size=chunk_rows)
+    with atomic_path(out) as tmp, cell_writer(tmp, schema) as writer:
+        if isinstance(src, SqliteSource):
+            tables = src.arrow_batches(columns, kept, chunk_rows, plate, plate_col, annotations, tally, workers, log)
+        else:
+            tables = _pandas_batches(src, read_metadata, columns, kept, chunk_rows, plate, plate_col, annotations,
+                                     well_col, tally, schema)
+        pending, n_pending = [], 0
+        for table in tables:  # written in row groups of group_rows cells
+            pending.append(table)
+            n_pending += table.num_rows
+            while n_pending >= group_rows:
+                buffered = pa.concat_tables(pending)
+                writer.write_table(buffered.slice(0, group_rows), row_group_size=group_rows)
+                pending, n_pending = [buffered.slice(group_rows)], n_pending - group_rows
+                del buffered
+        if n_pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=group_rows)
+        del pending
         if not tally.cells_per_well:
             raise InputError(f"{src.path}: no cells to write (after matching wells with the platemap)")
     return _summarize(src, plate, kept, dropped, annotations, tally, log)
+
+
+def _pandas_batches(src, read_metadata, columns, kept, chunk_rows, plate, plate_col, annotations, well_col, tally,
+                    schema) -> Iterator[pa.Table]:
+    for batch in src.batches(read_metadata, kept, chunk_rows):
+        if plate_col in batch:
+            tally.source_plates.update(batch[plate_col].dropna().astype(str).unique())
+        batch = annotate(batch.assign(**{plate_col: plate}), annotations, well_col, tally)
+        if len(batch):
+            tally.add(batch[well_col])
+            frame = pd.concat([batch[columns], to_float32(batch, kept, src.path)], axis=1)
+            yield to_arrow(frame, schema)
+
+
+def _workers(workers) -> int:
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            workers = os.cpu_count() or 1
+        return max(1, min(workers, 8))
+    if int(workers) < 1:
+        raise InputError(f"workers must be at least 1, got {workers!r}")
+    return int(workers)
 
 
 def _summarize(src, plate, kept, dropped, annotations, tally, log) -> dict:

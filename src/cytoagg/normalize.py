@@ -8,12 +8,18 @@ Methods (fit on all cells or on the cells a ``samples`` query selects, applied t
 - ``spherize``: whitening (``ZCA``, ``PCA``, ``ZCA-cor``, ``PCA-cor``) as pycytominer's ``Spherize``,
   epsilon 1e-6 added to the singular values.
 
-Statistics are computed in float64 and the output is float32. A plate is never held in memory:
-per-feature statistics (exact median and MAD included) come from batches of whole feature columns,
-the spherize projection from a QR factor accumulated over blocks of rows, and the output is written
-block by block into a temporary file renamed only when complete. Batches are sized from
-``memory_mb``; measured peak RSS is the interpreter's ~120 MB plus about ``memory_mb`` (200,000 cells
-x 500 features: 363 MB at memory_mb=256, 685 MB at 1024).
+Statistics are computed in float64 and the output is float32. A plate is never held in memory. Pass 1
+reads batches of whole feature columns (the fit cells' values, in the file's float type) and gets exact
+per-feature statistics from them: each column is sorted (a vectorized sort, one per column, on
+``threads`` threads), which gives the median and the IQR directly and the MAD from one more linear scan
+(the cells nearest the median form a contiguous run of the sorted column). Pass 2 reads row groups
+(or blocks of their rows when a row group is larger than the memory), transforms them column by
+column and writes each block as a row group on a second thread, so that encoding overlaps reading.
+The spherize projection comes from a QR factor accumulated over blocks of rows. The output goes to
+a temporary file renamed only when complete. Batches are sized from ``memory_mb``: peak RSS is about the
+interpreter's 130 MB plus ``0.8 * memory_mb``, plus the Parquet footers pyarrow holds (~0.9 KB per row group and
+column, for the input and the output): 0.92 GB on a 768,000 x 1,000 plate, 1.75 GB on 768,000 x 5,200 (16 GB)
+at the default 1024 (``benchmarks/normalize.md``).
 
 Differences from pycytominer, on purpose:
 
@@ -31,10 +37,15 @@ Differences from pycytominer, on purpose:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import queue
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -43,7 +54,8 @@ import pyarrow.parquet as pq
 import scipy.sparse
 
 from .columns import feature_columns, is_metadata, metadata_columns
-from .io import ROW_GROUP_SIZE, InputError, atomic_path
+from .ingest import cell_writer, open_parquet
+from .io import InputError, atomic_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,12 +66,15 @@ MAD_TO_STD = 1.4826  # MAD * 1.4826 estimates the std of a normal distribution
 PCA_COLUMN_PREFIX = "Cells_PC"
 
 _MB = 2**20
-# Memory model (bytes per float value held at once), used to size batches from memory_mb.
-_ARRAY_SHARE = 0.6  # of memory_mb for arrays; the rest covers Arrow's pool, metadata and the interpreter
-_TILE_SHARE = 0.15  # of the array share for the Parquet tile being decoded
-_BYTES_PER_TILE_VALUE = 12  # a decoded float32 column chunk with the reader's buffers
-_BYTES_PER_STAT_VALUE = 48  # a whole column: Arrow, float64, median workspace, |x - median|
-_BYTES_PER_ROW_VALUE = {"transform": 24, "qr": 32}  # float64 in and out, float32 out; QR stacking copies
+# Memory model (bytes held per value at once), used to size batches from memory_mb.
+_ARRAY_SHARE = 0.7  # of memory_mb for arrays; the rest covers the allocators' slack and the interpreter
+_TILE_SHARE = 0.1  # of the array share for the (row group x columns) tile being read
+_BYTES_PER_TILE_VALUE = 8  # a decoded column chunk and the decoder's freed but not yet reused buffers
+_BYTES_PER_SORT_VALUE = 4  # pass 1: the fit cells of a batch of columns, in the file's float type (float32)
+_BYTES_PER_SORT_THREAD_ROW = 24  # pass 1, per thread and fit cell: the float64 deviations of the column in hand
+_BYTES_PER_STAT_VALUE = 24  # spherize's passes over whole columns: the batch, its float64 copy, masks
+_BYTES_PER_WRITE_VALUE = 8  # pass 2: a block's float32 output, and the previous block's, being written
+_BYTES_PER_ROW_VALUE = {"transform": 24, "qr": 32}  # float64 row blocks (well means, spherize): in, out, copies
 _BYTES_PER_METADATA_VALUE = 64
 
 
@@ -83,6 +98,12 @@ class NormalizerParams:
     @property
     def n_out(self) -> int:
         return len(self.kept)
+
+    def columns(self, first: int, stop: int) -> "NormalizerParams":
+        """The column-wise normalizer of kept features ``first:stop`` (not for spherize)."""
+        if self.rotation is not None:
+            raise ValueError("a spherize normalizer mixes features: it cannot be split by column")
+        return replace(self, kept=self.kept[first:stop], center=self.center[first:stop], scale=self.scale[first:stop])
 
 
 def check_method(method: str, epsilon: float | None = None, spherize_method: str = "ZCA",
@@ -141,14 +162,35 @@ def _as_float64(x) -> np.ndarray:
     return x
 
 
+def _work_dtype(dtype) -> type:
+    """Statistics read float32 and float64 columns as they are (sorting needs no conversion); others as float64."""
+    return np.float32 if np.dtype(dtype) == np.float32 else np.float64
+
+
+def _float64_rows(cols: Sequence[np.ndarray]) -> np.ndarray:
+    """Cells x features float64 (C order) from per-feature columns, +-inf as NaN."""
+    x = np.empty((len(cols[0]) if len(cols) else 0, len(cols)))
+    for j, col in enumerate(cols):
+        x[:, j] = col
+    x[np.isinf(x)] = np.nan
+    return x
+
+
 class _ArraySource:
     """All cells in memory: every 'batch' is the whole matrix."""
+
+    threads = 1
 
     def __init__(self, x: np.ndarray):
         self.x = np.asarray(x)
         if self.x.ndim != 2:
             raise InputError(f"expected a cells x features matrix, got shape {self.x.shape}")
         self.n_rows, self.n_features = self.x.shape
+
+    def column_arrays(self, rows=None, columns=None):
+        columns = np.arange(self.n_features) if columns is None else np.asarray(columns)
+        x = self.x if rows is None else self.x[rows]
+        yield columns, np.array(x[:, columns].T, dtype=_work_dtype(x.dtype), order="C")
 
     def column_batches(self, rows=None, columns=None):
         columns = np.arange(self.n_features) if columns is None else np.asarray(columns)
@@ -159,63 +201,121 @@ class _ArraySource:
         yield 0, _as_float64(self.x[:, columns]), None
 
 
+def _column_values(col, dtype) -> np.ndarray:
+    """A Parquet column (Arrow) as a numpy array of ``dtype``; nulls become NaN. Zero-copy when it can be."""
+    values = col.to_numpy()
+    return values if values.dtype == dtype else values.astype(dtype)
+
+
 class _ParquetSource:
     """A Parquet plate read in pieces that fit ``memory_mb``.
 
     Parquet stores a row group column by column, so every read is a tile (row group x some columns):
-    whole columns for the statistics, blocks of rows for the transform. A row group too large for
-    the memory is read once per block of its rows (more reading, same memory).
+    batches of whole columns for the statistics, row groups (or blocks of their rows) for the
+    transform. A row group too large for the memory is read once per block of its rows (more
+    reading, same memory).
     """
 
-    def __init__(self, pf: pq.ParquetFile, features: list[str], memory_mb: float):
-        self.pf, self.features = pf, features
+    def __init__(self, pf: pq.ParquetFile, features: list[str], memory_mb: float, threads: int = 1):
+        self.pf, self.features, self.threads = pf, features, max(1, int(threads))
         self.budget = memory_mb * _MB * _ARRAY_SHARE
-        self.n_rows, self.n_features = pf.metadata.num_rows, len(features)
+        meta = pf.metadata
+        self.group_rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self.group_starts = np.concatenate([[0], np.cumsum(self.group_rows, dtype=np.int64)])
+        self.n_rows, self.n_features = meta.num_rows, len(features)
+        schema = pf.schema_arrow
+        self.dtype = np.float32 if all(schema.field(f).type == pa.float32() for f in features) else np.float64
         self.n_column_batches = 0  # counted over all passes, for the summary
         self.n_row_batches = 0
         self.max_rereads = 1  # most times a row group was read in one pass over rows
 
-    def column_batches(self, rows=None, columns=None):
-        """(feature indices, float64 fit cells x those features) for batches of whole columns."""
+    def _read(self, group: int, names: list[str]) -> pa.Table:
+        return self.pf.read_row_group(group, columns=names, use_threads=self.threads > 1)
+
+    def column_arrays(self, rows=None, columns=None, bytes_per_value=_BYTES_PER_SORT_VALUE,
+                      bytes_per_thread_row=_BYTES_PER_SORT_THREAD_ROW):
+        """(feature indices, features x fit cells array, C order) for batches of whole columns.
+
+        A batch is filled row group by row group, from tiles of at most ``_TILE_SHARE`` of the memory.
+        """
         columns = np.arange(self.n_features) if columns is None else np.asarray(columns)
-        width = max(1, int(self.budget // (_BYTES_PER_STAT_VALUE * max(self.n_rows, 1))))
         n = self.n_rows if rows is None else int(rows.sum())
+        room = self.budget * (1 - _TILE_SHARE) - bytes_per_thread_row * n * self.threads
+        width = max(1, int(room // max(bytes_per_value * n, 1)))
+        tile_width = max(1, int(self.budget * _TILE_SHARE // (_BYTES_PER_TILE_VALUE * max(self.group_rows, default=1))))
         for start in range(0, len(columns), width):
             chunk = columns[start:start + width]
             names = [self.features[i] for i in chunk]
-            table = self.pf.read(columns=names, use_threads=False)
-            x = np.empty((n, len(chunk)))
-            for j, name in enumerate(names):
-                col = table.column(name).to_numpy()
-                x[:, j] = col if rows is None else col[rows]
-            del table
-            x[np.isinf(x)] = np.nan
+            out = np.empty((len(chunk), n), dtype=self.dtype)
+            filled = 0
+            for group in range(len(self.group_rows)):
+                take = None if rows is None else rows[self.group_starts[group]:self.group_starts[group + 1]]
+                size = self.group_rows[group] if take is None else int(take.sum())
+                if size == 0:
+                    continue
+                for t in range(0, len(names), tile_width):
+                    tile = self._read(group, names[t:t + tile_width])
+                    for j, name in enumerate(names[t:t + tile_width], start=t):
+                        values = _column_values(tile.column(name), self.dtype)
+                        out[j, filled:filled + size] = values if take is None else values[take]
+                    del tile
+                filled += size
             self.n_column_batches += 1
-            yield chunk, x
+            yield chunk, out
 
-    def row_blocks(self, columns, use="transform", metadata=()):
-        """(first row, float64 cells x ``columns``, Arrow table of ``metadata``) for consecutive row blocks."""
+    def column_batches(self, rows=None, columns=None):
+        """(feature indices, float64 fit cells x those features, +-inf as NaN) for batches of whole columns."""
+        for chunk, x in self.column_arrays(rows, columns, _BYTES_PER_STAT_VALUE, 0):
+            x64 = np.array(x.T, dtype=np.float64, order="C")
+            del x
+            x64[np.isinf(x64)] = np.nan
+            yield chunk, x64
+
+    def blocks(self, columns, metadata=(), bytes_per_value=_BYTES_PER_WRITE_VALUE):
+        """(first row, number of rows, Arrow table of ``metadata``, tiles) for consecutive row blocks.
+
+        ``tiles`` yields (position in ``columns``, one array per feature) for tiles of columns, each read
+        when iterated, so a block's input is never in memory at once. A row group is one block if its
+        output (``bytes_per_value``) fits the memory, else it is cut into blocks of rows and read once per block.
+        """
         names = [self.features[i] for i in columns]
-        bytes_per_row = _BYTES_PER_ROW_VALUE[use] * len(names) + _BYTES_PER_METADATA_VALUE * len(metadata)
-        start = 0
-        for group in range(self.pf.num_row_groups):
-            n_group = self.pf.metadata.row_group(group).num_rows
-            tile_width = max(1, int(self.budget * _TILE_SHARE // (_BYTES_PER_TILE_VALUE * max(n_group, 1))))
+        metadata = list(metadata)
+        bytes_per_row = bytes_per_value * len(names) + _BYTES_PER_METADATA_VALUE * len(metadata)
+        for group, n_group in enumerate(self.group_rows):
+            start = int(self.group_starts[group])
             block = int(np.clip(self.budget * (1 - _TILE_SHARE) // max(bytes_per_row, 1), 1, max(n_group, 1)))
+            tile_width = max(1, int(self.budget * _TILE_SHARE // (_BYTES_PER_TILE_VALUE * max(n_group, 1))))
             self.max_rereads = max(self.max_rereads, -(-n_group // block))
             for first in range(0, n_group, block):
                 m = min(block, n_group - first)
-                x = np.empty((m, len(names)))
-                for t in range(0, len(names), tile_width):
-                    tile = self.pf.read_row_group(group, columns=names[t:t + tile_width], use_threads=False)
-                    for j, name in enumerate(names[t:t + tile_width]):
-                        x[:, t + j] = tile.column(name).slice(first, m).to_numpy()
-                    del tile
-                x[np.isinf(x)] = np.nan
-                meta = self.pf.read_row_group(group, columns=list(metadata)).slice(first, m) if metadata else None
+                meta = None
+                if metadata:
+                    meta = self._read(group, metadata)
+                    meta = meta if m == n_group else meta.slice(first, m)
                 self.n_row_batches += 1
-                yield start + first, x, meta
-            start += n_group
+                yield start + first, m, meta, self._tiles(group, names, tile_width, first, m)
+
+    def _tiles(self, group, names, width, first, m):
+        whole = first == 0 and m == self.group_rows[group]
+        for t in range(0, len(names), width):
+            tile = self._read(group, names[t:t + width])
+            if whole:
+                arrays = [_column_values(tile.column(name), self.dtype) for name in names[t:t + width]]
+            else:  # copies, so that the tile is freed
+                arrays = [np.array(_column_values(tile.column(name).slice(first, m), self.dtype))
+                          for name in names[t:t + width]]
+            del tile
+            yield t, arrays
+
+    def row_blocks(self, columns, use="transform", metadata=()):
+        """(first row, float64 cells x ``columns``, Arrow table of ``metadata``) for consecutive row blocks."""
+        for start, m, meta, tiles in self.blocks(columns, metadata, _BYTES_PER_ROW_VALUE[use]):
+            x = np.empty((m, len(columns)))
+            for t, arrays in tiles:
+                for j, values in enumerate(arrays, start=t):
+                    x[:, j] = values
+            x[np.isinf(x)] = np.nan
+            yield start, x, meta
 
 
 def _metadata_row_groups(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[pa.Table]:
@@ -234,41 +334,84 @@ def _fit(source, rows, method, epsilon, spherize_method, spherize_center) -> Nor
     return _fit_columnwise(source, rows, method, epsilon)
 
 
+def _map(threads: int, func, items):
+    """``map`` on ``threads`` threads (numpy's sort and arithmetic release the GIL)."""
+    if threads <= 1 or len(items) <= 1:
+        return [func(item) for item in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(func, items))
+
+
 def _fit_columnwise(source, rows, method, epsilon) -> NormalizerParams:
     d = source.n_features
     center, scale, usable = np.zeros(d), np.ones(d), np.zeros(d, dtype=bool)
-    for cols, x in source.column_batches(rows):
-        center[cols], scale[cols], usable[cols] = columnwise_stats(x, method, epsilon)
+    for cols, x in source.column_arrays(rows):
+        stats = _map(source.threads, lambda j: column_stats(x[j], method, epsilon), range(len(cols)))
+        center[cols], scale[cols], usable[cols] = (np.array(s) for s in zip(*stats))
+        del x
     n_fit = source.n_rows if rows is None else int(rows.sum())
     kept = np.flatnonzero(usable)
     return NormalizerParams(method, kept, center[kept], scale[kept], None, n_fit)
 
 
 def columnwise_stats(x: np.ndarray, method: str, epsilon: float | None):
-    """Center, scale and usability of each column of the fit cells ``x`` (float64, NaN = missing).
+    """Center, scale and usability of each column of the fit cells ``x`` (cells x features, NaN = missing).
 
     Unusable: no finite value, a single distinct value, or zero spread (std, IQR or MAD).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        usable = varies(x)
-        if method == "standardize":
-            center = np.nanmean(x, axis=0)
-            spread = np.nanstd(x, axis=0)
-            scale = spread
-        elif method == "robustize":
-            center = np.nanmedian(x, axis=0)
-            q25, q75 = np.nanpercentile(x, [25, 75], axis=0)
-            spread = q75 - q25
-            scale = spread
-        elif method == "mad_robustize":
-            center = np.nanmedian(x, axis=0)
-            spread = MAD_TO_STD * np.nanmedian(np.abs(x - center), axis=0)
-            scale = spread + epsilon
-        else:
-            raise InputError(f"no column-wise statistics for method {method!r}")
-    usable &= spread > 0
-    return center, np.where(usable, scale, 1.0), usable
+    x = np.asarray(x)
+    stats = [column_stats(np.array(x[:, j], dtype=_work_dtype(x.dtype)), method, epsilon) for j in range(x.shape[1])]
+    if not stats:
+        return np.zeros(0), np.ones(0), np.zeros(0, dtype=bool)
+    center, scale, usable = (np.array(s) for s in zip(*stats))
+    return center, scale, usable.astype(bool)
+
+
+def column_stats(values: np.ndarray, method: str, epsilon: float | None) -> tuple[float, float, bool]:
+    """(center, scale, usable) of one feature over the fit cells; ``values`` (1-D) is sorted in place.
+
+    +-inf counts as missing. The results equal numpy's ``nanmean``/``nanstd``, ``nanmedian``,
+    ``nanpercentile`` and scipy's ``median_abs_deviation`` (pycytominer's definitions) on the finite
+    values, computed in float64: the median and quartiles from the sorted values, and the MAD as
+    the median of the float64 deviations |x - median|, found without a second sort: the t cells
+    nearest the median are a contiguous run of the sorted values, so the t-th smallest deviation
+    is the least, over runs of t cells, of the larger deviation at the run's two ends.
+    """
+    if method == "standardize":
+        x = values.astype(np.float64)
+        x = x[np.isfinite(x)]
+        if len(x) < 2 or not x.min() < x.max():
+            return 0.0, 1.0, False
+        center, spread = float(x.mean()), float(x.std())
+        return center, spread if spread > 0 else 1.0, spread > 0
+    if method not in ("robustize", "mad_robustize"):
+        raise InputError(f"no column-wise statistics for method {method!r}")
+    values.sort()  # -inf first, then finite values, +inf, NaN last
+    finite = values[np.searchsorted(values, -np.inf, side="right"):np.searchsorted(values, np.inf, side="left")]
+    n = len(finite)
+    if n < 2 or not finite[0] < finite[-1]:
+        return 0.0, 1.0, False
+    median = (float(finite[(n - 1) // 2]) + float(finite[n // 2])) / 2  # numpy: the mean of the middle two
+    if method == "robustize":
+        q25, q75 = np.percentile(finite.astype(np.float64), [25, 75])
+        spread = float(q75 - q25)
+        scale = spread
+    else:
+        deviation = finite.astype(np.float64)
+        deviation -= median
+        np.abs(deviation, out=deviation)
+        mad = _kth_smallest_deviation(deviation, (n + 1) // 2)
+        if n % 2 == 0:
+            mad = (mad + _kth_smallest_deviation(deviation, n // 2 + 1)) / 2
+        spread = mad / (1 / MAD_TO_STD)  # as scipy's median_abs_deviation(scale=1 / 1.4826)
+        scale = spread + epsilon
+    return median, scale if spread > 0 else 1.0, spread > 0
+
+
+def _kth_smallest_deviation(deviation: np.ndarray, t: int) -> float:
+    """The t-th smallest (1-based) of ``deviation``, which falls and then rises (|x - median| over sorted x)."""
+    n = len(deviation)
+    return float(np.maximum(deviation[:n - t + 1], deviation[t - 1:]).min())
 
 
 def varies(x: np.ndarray) -> np.ndarray:
@@ -382,20 +525,24 @@ def _well_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "all",
                     epsilon: float | None = None, spherize_method: str = "ZCA", spherize_center: bool = True,
                     well_center: bool = False, well_col: str = "Metadata_Well", memory_mb: float = 1024,
-                    log: logging.Logger | None = None) -> dict:
+                    threads: int | None = None, log: logging.Logger | None = None) -> dict:
     """Normalize one plate's cells (Parquet ``src`` -> Parquet ``out``) within about ``memory_mb`` of RAM.
 
     Statistics come from the cells ``samples`` selects ("all" or a pandas query on the metadata, e.g.
     ``"Metadata_broad_sample == 'DMSO'"``) and are applied to every cell; ``well_center`` then
     subtracts each well's mean. ``Metadata_*`` columns pass through unchanged; columns that are
     neither metadata nor features (CellProfiler bookkeeping) are left out, so that readers taking
-    every non-metadata column as a feature see only normalized ones. Returns a summary.
+    every non-metadata column as a feature see only normalized ones. ``threads`` (default: the CPUs this
+    process may use) sort columns and decode Parquet in parallel and write on a second thread. Returns a summary.
     """
     log = log or _LOG
     method, epsilon = check_method(method, epsilon, spherize_method, spherize_center)
     if not memory_mb or memory_mb <= 0:
         raise InputError(f"memory_mb must be positive, got {memory_mb!r}")
-    pf = pq.ParquetFile(src)
+    threads = available_cpus() if threads is None else int(threads)
+    if threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads!r}")
+    pf = open_parquet(src)
     names = pf.schema_arrow.names
     features = feature_columns(names)
     if not features:
@@ -408,7 +555,7 @@ def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "
         log.warning("%s: %d column(s) neither metadata nor feature left out of the output: %s",
                     src, len(others), others)
     fit_rows = _query_rows(pf, samples, src)
-    source = _ParquetSource(pf, features, memory_mb)
+    source = _ParquetSource(pf, features, memory_mb, threads)
     if method == "spherize" and 8 * 3 * len(features) ** 2 > source.budget:
         log.warning("%s: spherize of %d features needs ~%.0f MB for its matrices, more than memory_mb=%s allows",
                     src, len(features), 24 * len(features) ** 2 / _MB, memory_mb)
@@ -440,12 +587,21 @@ def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "
         "n_column_batches": source.n_column_batches,
         "n_row_batches": source.n_row_batches,
         "row_group_reads": source.max_rereads,
+        "threads": threads,
     }
     log.info("%s -> %s: %s (samples=%s%s) on %d of %d cells, %d -> %d features, %d column / %d row batches",
              src, out, method if method != "spherize" else f"spherize {spherize_method}", samples,
              ", well-centered" if well_center else "", params.n_fit, summary["n_cells"], len(features),
              params.n_out, summary["n_column_batches"], summary["n_row_batches"])
     return summary
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as Slurm and taskset set it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _output_names(features: list[str], params: NormalizerParams) -> list[str]:
@@ -497,28 +653,132 @@ def _plate_well_means(source: _ParquetSource, params: NormalizerParams, wells: n
     return _well_means(sums, counts)
 
 
+def transform_block(cols: Sequence[np.ndarray], params: NormalizerParams, offsets: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Normalize a block of cells given as one array per kept feature -> float32 outputs x cells (into ``out``).
+
+    Computed in float64 as ``transform_kept`` (+-inf in, NaN out); ``offsets`` (cells x outputs, the
+    wells' means) are subtracted before rounding to float32.
+    """
+    n = len(cols[0]) if len(cols) else 0
+    if out is None:
+        out = np.empty((params.n_out, n), dtype=np.float32)
+    if params.rotation is not None:
+        y = transform_kept(_float64_rows(cols), params)
+        if offsets is not None:
+            y -= offsets
+        out[:] = y.T
+        return out
+    scratch = np.empty(n)
+    for j, col in enumerate(cols):
+        np.subtract(col, params.center[j], out=scratch, dtype=np.float64)
+        scratch /= params.scale[j]
+        scratch[np.isinf(scratch)] = np.nan  # only an infinite input gives an infinite value here
+        if offsets is not None:
+            scratch -= offsets[:, j]
+        out[j] = scratch
+    return out
+
+
+class _BackgroundWriter:
+    """Writes row groups on a second thread (pyarrow releases the GIL while encoding), so that writing one
+    block overlaps reading and transforming the next. At most two blocks are in flight."""
+
+    def __init__(self, writer: pq.ParquetWriter, threaded: bool):
+        self.writer, self.error = writer, None
+        self.slots = threading.Semaphore(2 if threaded else 1)
+        self.queue: queue.Queue | None = queue.Queue() if threaded else None
+        self.thread = threading.Thread(target=self._run, daemon=True) if threaded else None
+        if self.thread:
+            self.thread.start()
+
+    def _run(self) -> None:
+        while (table := self.queue.get()) is not None:
+            try:
+                if self.error is None:
+                    self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self.error = err
+            finally:
+                del table
+                self.slots.release()
+
+    def reserve(self) -> None:
+        """Wait until fewer than two blocks are in flight (call before reading the next block)."""
+        self.slots.acquire()
+        if self.error is not None:
+            raise self.error
+
+    def write(self, table: pa.Table) -> None:
+        if self.queue is None:
+            try:
+                self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            finally:
+                self.slots.release()
+        else:
+            self.queue.put(table)
+
+    def close(self) -> None:
+        """Wait for the queued blocks; re-raise a write error."""
+        if self.thread is not None and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _write_normalized(source: _ParquetSource, out, out_features, params, wells, well_means) -> None:
-    """Transform row block by row block into a temporary file, renamed onto ``out`` when complete."""
+    """Transform row block by row block into a temporary file, renamed onto ``out`` when complete.
+
+    Column-wise methods transform each tile of columns as it is read; spherize needs a block's every
+    feature at once (its rotation mixes them), so its blocks are sized for float64 rows.
+    """
     passthrough = [f for f in source.pf.schema_arrow if is_metadata(f.name)]
     schema = pa.schema(passthrough + [pa.field(name, pa.float32()) for name in out_features])
+    rotate = params.rotation is not None
+    per_value = _BYTES_PER_ROW_VALUE["transform"] if rotate else _BYTES_PER_WRITE_VALUE
+    ring: list[np.ndarray | None] = [None, None]  # outputs of the block in hand and of the one being written
     with atomic_path(out) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with cell_writer(tmp, schema) as writer:
+            background = _BackgroundWriter(writer, threaded=source.threads > 1)
             written = 0
-            for start, x, meta in source.row_blocks(params.kept, metadata=[f.name for f in passthrough]):
-                y = transform_kept(x, params)
-                if well_means is not None:
-                    y -= well_means[wells[start:start + len(y)]]
-                y = np.asfortranarray(y, dtype=np.float32)
-                del x
-                arrays = [meta.column(f.name) for f in passthrough] + [pa.array(y[:, j]) for j in range(y.shape[1])]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=ROW_GROUP_SIZE)
-                written += len(y)
+            try:
+                blocks = source.blocks(params.kept, [f.name for f in passthrough], per_value)
+                for i in itertools.count():
+                    background.reserve()  # the block that used ring[i % 2] is written by now
+                    block = next(blocks, None)
+                    if block is None:
+                        background.slots.release()
+                        break
+                    start, n, meta, tiles = block
+                    if ring[i % 2] is None or ring[i % 2].shape[1] < n:
+                        ring[i % 2] = None
+                        ring[i % 2] = np.empty((params.n_out, n), dtype=np.float32)
+                    y = ring[i % 2][:, :n]
+                    codes = None if well_means is None else wells[start:start + n]
+                    if rotate:
+                        cols = [values for _, arrays in tiles for values in arrays]
+                        transform_block(cols, params, None if codes is None else well_means[codes], out=y)
+                        del cols
+                    else:
+                        for t, arrays in tiles:
+                            part = params.columns(t, t + len(arrays))
+                            offsets = None if codes is None else well_means[:, t:t + len(arrays)][codes]
+                            transform_block(arrays, part, offsets, out=y[t:t + len(arrays)])
+                            del arrays
+                    arrays = [meta.column(f.name) for f in passthrough] + [pa.array(v) for v in y]
+                    del y, meta
+                    background.write(pa.Table.from_arrays(arrays, schema=schema))
+                    del arrays
+                    written += n
+            finally:
+                background.close()
             if written == 0:
                 writer.write_table(schema.empty_table())
 
 
 __all__ = [
     "METHODS", "SPHERIZE_METHODS", "DEFAULT_EPSILON", "PCA_COLUMN_PREFIX", "NormalizerParams",
-    "check_method", "fit_normalizer", "apply_normalizer", "transform_kept", "center_wells",
-    "columnwise_stats", "spherize_rotation", "normalize_plate",
+    "check_method", "fit_normalizer", "apply_normalizer", "transform_kept", "transform_block", "center_wells",
+    "columnwise_stats", "column_stats", "spherize_rotation", "normalize_plate",
 ]

@@ -1,10 +1,20 @@
-"""Per-plate mAP tables from the per-well AP tables of every plate and method."""
+"""Per-plate mAP tables from the per-well AP tables of every plate and method.
+
+Three questions per plate x method: how well replicates are retrieved (mAP, precision at R), how
+many compounds are retrieved better than chance (``fraction_retrieved``: share of compounds whose
+mAP beats random rankings, BH-corrected p < threshold, as copairs' ``mean_average_precision``), and
+whether a method's gain over the mean baseline is real (Wilcoxon signed-rank test of the paired APs
+of the same queries).
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
 
+from .metrics import mean_average_precision
 from .splits import split_compounds
 
 SEED_COLUMNS = {
@@ -13,72 +23,267 @@ SEED_COLUMNS = {
     ("validation", "model"): "Validation mAP model",
     ("validation", "mean"): "Validation mAP BM",
 }
+BASELINE = "mean"  # BM: the baseline every method is tested against
+PARTS = ("train", "validation", "all")
+_SPLIT_ORDER = {"train": 0, "validation": 1, "unknown": 2}
 
 
-def map_per_plate(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0) -> pd.DataFrame:
+def add_splits(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0) -> pd.DataFrame:
+    """``ap`` with ``plate_split`` (train/validation/unknown) and ``compound_split`` (train/validation) columns."""
+    ap = ap.copy()
+    split = split_compounds(ap["perturbation"].astype(str).unique(), validation_compounds, split_seed)
+    ap["compound_split"] = ap["perturbation"].astype(str).map(split)
+    ap["plate_split"] = ap["plate"].astype(str).map(lambda p: plate_split.get(p, "unknown"))
+    return ap
+
+
+def ap_per_compound(
+    ap: pd.DataFrame, *, null_size: int = 10000, threshold: float = 0.05, seed: int = 0
+) -> pd.DataFrame:
+    """One row per compound x plate x method: its mAP and permutation p-value, BH-corrected per plate x method.
+
+    Each plate x method's table is what ``copairs.map.mean_average_precision(ap, ["perturbation"],
+    null_size, threshold, seed)`` returns for it. Compounds without a scored query (no replicate)
+    are left out. Columns: compound, plate, method, mAP, p_value, corrected_p_value, retrieved
+    (corrected p < threshold), n_queries, then plate_split, compound_split and, when present,
+    moa / moa_mAP / baseline_corrected_mAP (means over the compound's wells).
+    """
+    cache: dict = {}
+    parts = []
+    for (plate, method), g in ap.groupby(["plate", "method"], sort=True):
+        scored = g[g["average_precision"].notna() & (g["n_positives"] > 0)]
+        if scored.empty:
+            continue
+        m = mean_average_precision(scored, "perturbation", null_size=null_size, threshold=threshold, seed=seed, null_cache=cache)
+        out = pd.DataFrame(
+            {
+                "compound": m["perturbation"].astype(str),
+                "plate": plate,
+                "method": method,
+                "mAP": m["mean_average_precision"],
+                "p_value": m["p_value"],
+                "corrected_p_value": m["corrected_p_value"],
+                "retrieved": m["below_corrected_p"],
+                "n_queries": m["n_queries"],
+            }
+        )
+        first = g.drop_duplicates("perturbation")
+        first = first.set_index(first["perturbation"].astype(str))
+        for col in ("plate_split", "compound_split", "moa"):
+            if col in g.columns:
+                out[col] = first.loc[out["compound"], col].to_numpy()
+        by_compound = g.assign(compound=g["perturbation"].astype(str)).groupby("compound")
+        for col, name in (("moa_average_precision", "moa_mAP"), ("baseline_corrected_ap", "baseline_corrected_mAP")):
+            if col in g.columns:
+                out[name] = by_compound[col].mean().reindex(out["compound"]).to_numpy()
+        parts.append(out)
+    if not parts:
+        return pd.DataFrame(columns=["compound", "plate", "method", "mAP", "p_value", "corrected_p_value", "retrieved", "n_queries"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def paired_test(a, b) -> tuple[float, float, int]:
+    """Two-sided Wilcoxon signed-rank test of paired APs: (p-value, mean of a - b, number of pairs).
+
+    Pairs with a zero difference are dropped (scipy's ``zero_method="wilcox"``); NaN p with fewer
+    than one non-zero difference.
+    """
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = a - b
+    if len(diff) == 0:
+        return np.nan, np.nan, 0
+    if not np.any(diff != 0):
+        return np.nan, float(diff.mean()), len(diff)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
+    return p, float(diff.mean()), len(diff)
+
+
+def _paired_with_baseline(g: pd.DataFrame, method: str):
+    """Test ``method`` against the mean baseline on the queries scored by both (matched by plate and well)."""
+    if method == BASELINE:
+        return np.nan, np.nan, 0
+    cols = ["plate", "well", "average_precision"]
+    a = g[(g["method"] == method)][cols].dropna()
+    b = g[(g["method"] == BASELINE)][cols].dropna()
+    both = a.merge(b, on=["plate", "well"], suffixes=("", "_bm"))
+    return paired_test(both["average_precision"], both["average_precision_bm"])
+
+
+def map_per_plate(
+    ap: pd.DataFrame,
+    plate_split: dict[str, str],
+    validation_compounds,
+    split_seed: int = 0,
+    *,
+    per_compound: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Long table: one row per plate x method x compound split (plus ``all``).
 
-    ``ap``: per-well AP rows (columns plate, perturbation, method, average_precision, precision_at_r);
-    rows with NaN AP are queries skipped for lack of a replicate. mAP = mean over compounds of the
-    mean AP of their wells; precision_at_R = mean over queries.
+    ``ap``: per-well AP rows (columns plate, well, perturbation, method, average_precision,
+    precision_at_r, n_positives); rows with NaN AP are queries skipped for lack of a replicate.
+    mAP = mean over compounds of the mean AP of their wells; precision_at_R = mean over queries.
+    With ``per_compound`` (:func:`ap_per_compound`): ``n_retrieved`` and ``fraction_retrieved``,
+    the share of the split's compounds retrieved better than chance. ``wilcoxon_p_vs_mean``: paired
+    two-sided test of the method's AP against the mean baseline's over the same queries, with
+    ``mean_ap_difference_vs_mean`` (positive: the method ranks replicates higher). When the AP
+    tables have them: ``moa_mAP`` / ``moa_precision_at_R`` (MoA retrieval, averaged the same way)
+    and ``baseline_corrected_mAP`` (not the plain mAP: AP - n_positives / n_candidates, clipped at 0).
     """
-    ap = ap.copy()
-    split = split_compounds(ap["perturbation"].unique(), validation_compounds, split_seed)
-    ap["compound_split"] = ap["perturbation"].map(split)
+    ap = add_splits(ap, plate_split, validation_compounds, split_seed)
+    if per_compound is not None and len(per_compound):
+        retrieved = per_compound.set_index(["plate", "method", "compound"])["retrieved"]
+    else:
+        retrieved = None
     rows = []
-    for part in ("train", "validation", "all"):
+    for part in PARTS:
         sub = ap if part == "all" else ap[ap["compound_split"] == part]
-        for (plate, method), g in sub.groupby(["plate", "method"], sort=True):
-            scored = g.dropna(subset=["average_precision"])
-            per_compound = scored.groupby("perturbation")["average_precision"].mean()
-            rows.append(
-                {
+        for plate, by_plate in sub.groupby("plate", sort=True):
+            for method, g in by_plate.groupby("method", sort=True):
+                scored = g.dropna(subset=["average_precision"])
+                compounds = scored.groupby("perturbation")["average_precision"].mean()
+                p, diff, n_pairs = _paired_with_baseline(by_plate, method)
+                row = {
                     "plate": plate,
                     "plate_split": plate_split.get(plate, "unknown"),
                     "compound_split": part,
                     "method": method,
-                    "mAP": per_compound.mean() if len(per_compound) else np.nan,
+                    "mAP": compounds.mean() if len(compounds) else np.nan,
                     "precision_at_R": scored["precision_at_r"].mean() if len(scored) else np.nan,
                     "n_queries": len(scored),
                     "n_skipped_queries": int(g["average_precision"].isna().sum()),
-                    "n_compounds": len(per_compound),
+                    "n_compounds": len(compounds),
                 }
-            )
+                if retrieved is not None:
+                    keys = pd.MultiIndex.from_arrays(
+                        [[plate] * len(compounds), [method] * len(compounds), compounds.index.astype(str)]
+                    )
+                    hit = retrieved.reindex(keys).fillna(False).astype(bool)
+                    row["n_retrieved"] = int(hit.sum())
+                    row["fraction_retrieved"] = hit.mean() if len(hit) else np.nan
+                row["wilcoxon_p_vs_mean"] = p
+                row["mean_ap_difference_vs_mean"] = diff
+                if "moa_average_precision" in g.columns:
+                    moa = g.dropna(subset=["moa_average_precision"])
+                    per = moa.groupby("perturbation")["moa_average_precision"].mean()
+                    row["moa_mAP"] = per.mean() if len(per) else np.nan
+                    row["moa_precision_at_R"] = moa["moa_precision_at_r"].mean() if len(moa) else np.nan
+                    row["moa_n_queries"] = len(moa)
+                if "baseline_corrected_ap" in g.columns:
+                    per = scored.groupby("perturbation")["baseline_corrected_ap"].mean()
+                    row["baseline_corrected_mAP"] = per.mean() if len(per) else np.nan
+                rows.append(row)
     out = pd.DataFrame(rows)
-    order = {"train": 0, "validation": 1, "unknown": 2}
     return out.sort_values(
-        ["plate_split", "plate", "compound_split", "method"], key=lambda s: s.map(order) if s.name == "plate_split" else s
+        ["plate_split", "plate", "compound_split", "method"],
+        key=lambda s: s.map(_SPLIT_ORDER) if s.name == "plate_split" else s,
     ).reset_index(drop=True)
 
 
-def seed_table(long: pd.DataFrame) -> pd.DataFrame:
-    """The seed layout: plate | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM.
+def pooled_tests(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0) -> pd.DataFrame:
+    """Model vs mean baseline over all queries of all plates of a split: one row per plate split x compound split."""
+    ap = add_splits(ap, plate_split, validation_compounds, split_seed)
+    rows = []
+    for ps, g in ap.groupby("plate_split", sort=False):
+        for part in PARTS:
+            sub = g if part == "all" else g[g["compound_split"] == part]
+            p, diff, n = _paired_with_baseline(sub, "model")
+            rows.append({"plate_split": ps, "compound_split": part, "wilcoxon_p_vs_mean": p, "mean_ap_difference_vs_mean": diff, "n_pairs": n})
+    return pd.DataFrame(rows)
 
-    Training/Validation refer to the compound split; PR is precision at R over all compounds. BM is the mean baseline.
+
+def _pick(g: pd.DataFrame, part: str, method: str, col: str):
+    if col not in g.columns:
+        return np.nan
+    v = g[(g.compound_split == part) & (g.method == method)][col]
+    return v.iloc[0] if len(v) else np.nan
+
+
+def seed_table(long: pd.DataFrame, pooled: pd.DataFrame | None = None, column: str = "mAP") -> pd.DataFrame:
+    """The seed layout: plate | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM,
+
+    then Retrieved model | Retrieved BM (fraction of compounds retrieved better than chance) and the
+    paired p-values of model vs BM for training and validation compounds. Training/Validation refer
+    to the compound split; PR is precision at R and Retrieved is over all compounds. BM is the mean
+    baseline. Training plates come first, then validation plates, then a mean row per plate split
+    (its p-values: the test over all queries of those plates, from ``pooled``). ``column``: the
+    score in the mAP columns (``baseline_corrected_mAP`` for the corrected table).
     """
+    label = "mAP" if column == "mAP" else "corrected mAP"
     rows = []
     for plate, g in long.groupby("plate", sort=False):
         row = {"plate": plate, "plate split": g["plate_split"].iloc[0]}
         for (part, method), name in SEED_COLUMNS.items():
-            v = g[(g.compound_split == part) & (g.method == method)]["mAP"]
-            row[name] = v.iloc[0] if len(v) else np.nan
-        for method, name in (("model", "PR model"), ("mean", "PR BM")):
-            v = g[(g.compound_split == "all") & (g.method == method)]["precision_at_R"]
-            row[name] = v.iloc[0] if len(v) else np.nan
+            row[name.replace("mAP", label)] = _pick(g, part, method, column)
+        row["PR model"] = _pick(g, "all", "model", "precision_at_R")
+        row["PR BM"] = _pick(g, "all", "mean", "precision_at_R")
+        if "fraction_retrieved" in long.columns:
+            row["Retrieved model"] = _pick(g, "all", "model", "fraction_retrieved")
+            row["Retrieved BM"] = _pick(g, "all", "mean", "fraction_retrieved")
+        row["Training p (model vs BM)"] = _pick(g, "train", "model", "wilcoxon_p_vs_mean")
+        row["Validation p (model vs BM)"] = _pick(g, "validation", "model", "wilcoxon_p_vs_mean")
         rows.append(row)
     wide = pd.DataFrame(rows)
-    means = [
-        {"plate": f"mean ({s} plates)", "plate split": s, **wide[wide["plate split"] == s].drop(columns=["plate", "plate split"]).mean()}
-        for s in ("train", "validation")
-        if (wide["plate split"] == s).any()
-    ]
+    p_cols = ["Training p (model vs BM)", "Validation p (model vs BM)"]
+    means = []
+    for s in ("train", "validation"):
+        sel = wide[wide["plate split"] == s]
+        if sel.empty:
+            continue
+        row = {"plate": f"mean ({s} plates)", "plate split": s, **sel.drop(columns=["plate", "plate split", *p_cols]).mean()}
+        for col, part in zip(p_cols, ("train", "validation")):
+            v = pooled[(pooled.plate_split == s) & (pooled.compound_split == part)] if pooled is not None else []
+            row[col] = v["wilcoxon_p_vs_mean"].iloc[0] if len(v) else np.nan
+        means.append(row)
     return pd.concat([wide, pd.DataFrame(means)], ignore_index=True)
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
+def format_p(p) -> str:
+    """A p-value for a table: 3 significant digits, '-' when there is none."""
+    if p is None or (isinstance(p, float) and np.isnan(p)):
+        return "-"
+    return f"{p:.3g}" if p >= 1e-3 else f"{p:.2e}"
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency); ``formats``: column -> callable(value) -> str."""
     cols = list(df.columns)
+    formats = formats or {}
     fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(formats.get(c, fmt)(v) for c, v in zip(cols, row)) + " |" for row in df.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
+
+
+def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, threshold: float = 0.05) -> str:
+    """``map_per_plate.md``: the seed table, and the baseline-corrected one when the APs have it."""
+    p_fmt = {c: format_p for c in ("Training p (model vs BM)", "Validation p (model vs BM)")}
+    text = (
+        "# Replicate retrieval mAP per plate\n\n"
+        "Training/Validation mAP: compounds used / held out in training; PR: precision at R over all compounds; "
+        "BM: mean-aggregation baseline. Retrieved: fraction of compounds whose mAP beats random rankings "
+        f"(permutation p-value, BH-corrected per plate and method, < {threshold:g}). "
+        "p (model vs BM): two-sided Wilcoxon signed-rank test of the model's AP against BM's over the same "
+        "query wells (mean rows: over all query wells of those plates).\n\n" + to_markdown(seed_table(long, pooled), formats=p_fmt)
+    )
+    if "baseline_corrected_mAP" in long.columns:
+        text += (
+            "\n## Baseline-corrected mAP\n\n"
+            "Not the plain mAP: each well's AP minus its random-ranking baseline (n_positives / n_candidates), "
+            "clipped at 0 (CytoSummaryNet's correction), then averaged like the mAP.\n\n"
+            + to_markdown(seed_table(long, pooled, column="baseline_corrected_mAP"), formats=p_fmt)
+        )
+    if "moa_mAP" in long.columns:
+        moa = long[long.compound_split == "all"].pivot_table(index=["plate_split", "plate"], columns="method", values="moa_mAP")
+        moa = moa.reset_index().sort_values("plate_split", key=lambda s: s.map(_SPLIT_ORDER))
+        text += (
+            "\n## MoA retrieval mAP (all compounds)\n\n"
+            "Positives: wells of other compounds with the same MoA; the query's own replicates are not ranked.\n\n"
+            + to_markdown(moa.rename(columns={"plate_split": "plate split"}))
+        )
+    return text

@@ -4,6 +4,7 @@ so a bad config fails before any job with a message naming the key."""
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -15,9 +16,25 @@ class ConfigError(ValueError):
     pass
 
 
+# A plate name becomes part of file names and shell commands: letters, digits, '_' and '-', with single
+# dots between them. No '/', spaces, '..', leading dot or shell metacharacters. The same regex is the
+# {plate} wildcard constraint (workflow/rules/common.smk) and the schema's pattern for plate names.
+PLATE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*"
+
+
+def check_plate_name(name: str, key: str) -> None:
+    if not isinstance(name, str) or not re.fullmatch(PLATE_NAME, name):
+        raise ConfigError(
+            f"config key {key}: plate name {name!r} is not allowed: use letters, digits, '_', '-' and single "
+            "dots between them (no '/', spaces, '..' or shell metacharacters)"
+        )
+
+
 def check_config(config: dict) -> None:
     train, validation = config["plates"]["train"], config["plates"]["validation"]
     for key, plates in (("plates.train", train), ("plates.validation", validation)):
+        for plate in plates:
+            check_plate_name(plate, key)
         dup = [p for p, n in Counter(plates).items() if n > 1]
         if dup:
             raise ConfigError(f"config key {key}: plate(s) listed twice: {dup}")

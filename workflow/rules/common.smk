@@ -5,13 +5,17 @@ import json
 import os
 import shlex
 import shutil
+import sys
+
+# Rules run this checkout's own package (python -m cytoagg from src/), also inside the conda envs of
+# --use-conda; the Snakefile imports the same one, so the version in the rules' params is the code that runs.
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
 
 import cytoagg
-from cytoagg.workflow_config import check_config, resolve_platemaps
+from cytoagg.workflow_config import PLATE_NAME, check_config, resolve_platemaps
 
 R = config["results"].rstrip("/")
-# Rules run this checkout's own package (python -m cytoagg from src/), also inside the conda envs of --use-conda.
-SRC = os.path.join(workflow.basedir, "src")
 # (doubled braces: Snakemake formats the prefix like the command)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 ENVS = os.path.join(workflow.basedir, "envs")
@@ -28,10 +32,20 @@ check_config(config)  # plates: disjoint, present on disk; settings that the sch
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
 
 
+# Plate names: letters, digits, underscores and hyphens, single dots between them; so no slashes, spaces,
+# double dots or shell metacharacters. The config schema checks the names in the config; this constraint
+# keeps other names out of targets (see cytoagg.workflow_config.PLATE_NAME).
 wildcard_constraints:
-    plate=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
+    plate=PLATE_NAME,
     baseline="|".join(BASELINES),
     method="|".join(METHODS),
+
+
+# Train and embed hold a GPU where the config uses CUDA (gpu=1). "local": the cap of --resources gpu=N
+# (profiles/default) counts only jobs run on this machine; jobs submitted to Slurm each get their own
+# card, so the main snakemake does not hold them back.
+resource_scopes:
+    gpu="local",
 
 
 def use_gpu():
@@ -73,8 +87,32 @@ def model_path():
     return MODEL_CHECKPOINT if MODEL_CHECKPOINT else f"{R}/model/model.pt"
 
 
+def input_size_mb(input):
+    """Size of a job's input in MiB (a folder, e.g. of per-site CSVs, counts with its files); 0 until it exists."""
+    total = 0
+    for f in input:
+        if os.path.isfile(f):
+            total += os.path.getsize(f)
+        elif os.path.isdir(f):
+            total += sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(f) for n in names)
+    return total / 2**20
+
+
 def input_mb(input, factor=3, floor=1000):
-    return max(floor, int(factor * sum(os.path.getsize(f) for f in input if os.path.isfile(f)) / 2**20))
+    return max(floor, int(factor * input_size_mb(input)))
+
+
+def mem_from_input(factor=3, floor=1000):
+    """Resource function: mem_mb = factor x input size (at least floor), times the attempt (see --retries)."""
+    return lambda wildcards, input, attempt: input_mb(input, factor, floor) * attempt
+
+
+def runtime_from_input(floor=10, per_gb=0.0):
+    """Resource function: runtime in minutes = floor + per_gb x input GiB, times the attempt (see --retries).
+
+    Resources are evaluated again when a job is ready to run, so the size is that of its real input.
+    """
+    return lambda wildcards, input, attempt: int(floor + per_gb * input_size_mb(input) / 1024) * attempt
 
 
 def all_outputs():
@@ -84,4 +122,5 @@ def all_outputs():
         f"{R}/plots/map_per_plate.png",
         f"{R}/plots/cells_per_well.png",
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
+        *EVALUATION_OUTPUTS,  # workflow/rules/report.smk
     ]

@@ -20,8 +20,8 @@ rule embed:
         f"{R}/benchmarks/embed/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda w, input: input_mb(input, factor=4, floor=1500),
-        runtime=60,
+        mem_mb=mem_from_input(factor=4, floor=1500),
+        runtime=runtime_from_input(floor=10, per_gb=10),
         gpu=1 if use_gpu() else 0,
     conda:
         f"{ENVS}/torch.yaml"
@@ -44,8 +44,8 @@ rule aggregate:
         f"{R}/benchmarks/aggregate/{{baseline}}/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda w, input: input_mb(input, factor=3, floor=1000),
-        runtime=30,
+        mem_mb=mem_from_input(factor=3, floor=1000),
+        runtime=runtime_from_input(floor=10, per_gb=5),
     conda:
         f"{ENVS}/tables.yaml"
     shell:

@@ -24,8 +24,8 @@ rule ingest:
         f"{R}/benchmarks/ingest/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=1500,
-        runtime=60,
+        mem_mb=1500,  # streams the source in chunks: bounded whatever the plate's size
+        runtime=runtime_from_input(floor=15, per_gb=10),
     conda:
         f"{ENVS}/tables.yaml"
     shell:

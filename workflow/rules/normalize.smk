@@ -15,8 +15,8 @@ rule normalize:
         f"{R}/benchmarks/normalize/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda w: config["normalize"]["memory_mb"] + 1000,
-        runtime=60,
+        mem_mb=lambda w: config["normalize"]["memory_mb"] + 1000,  # streams in tiles within normalize.memory_mb
+        runtime=runtime_from_input(floor=15, per_gb=10),
     conda:
         f"{ENVS}/tables.yaml"
     shell:
@@ -39,7 +39,7 @@ rule select_features:
     threads: 1
     resources:
         mem_mb=lambda w: 2000 + config["feature_select"]["max_cells"] // 100,
-        runtime=30,
+        runtime=runtime_from_input(floor=15, per_gb=5),
     conda:
         f"{ENVS}/tables.yaml"
     shell:

@@ -22,8 +22,8 @@ rule pack_cells:
         f"{R}/benchmarks/pack_cells/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda w, input: input_mb(input, factor=3, floor=1000),
-        runtime=30,
+        mem_mb=mem_from_input(factor=3, floor=1000),
+        runtime=runtime_from_input(floor=10, per_gb=5),
     conda:
         f"{ENVS}/tables.yaml"
     shell:
@@ -59,8 +59,8 @@ rule train:
         f"{R}/benchmarks/train.tsv"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=lambda w, input: input_mb(input, factor=3, floor=2000),
-        runtime=240,
+        mem_mb=mem_from_input(factor=2, floor=2000),  # cell stores are memory-mapped
+        runtime=lambda w, attempt: 240 * attempt,  # set by epochs, model size and device more than by input
         gpu=1 if use_gpu() else 0,
     conda:
         f"{ENVS}/torch.yaml"

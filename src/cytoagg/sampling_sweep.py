@@ -1,0 +1,195 @@
+"""mAP vs number of cells per well: the model (and the mean baseline) profile each well from a random
+sample of its cells, for several sample sizes and seeds, and from all of its cells.
+
+Samples are drawn without replacement (a well with fewer cells than the sample size keeps all of
+them) and are nested: for one seed, the 50-cell sample of a well is part of its 100-cell sample, so
+the curve moves only by adding cells. Wells are ranked within their plate, as in the evaluate step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .cells import PlateCells, load_plate_cells
+from .evaluate import _retrieval
+from .io import InputError, write_table
+
+log = logging.getLogger(__name__)
+
+ALL = "all"
+
+
+def _plate_seed(seed: int, plate: str) -> int:
+    """A seed per (seed, plate): plates draw independently, and adding a plate changes no other's draws."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{plate}".encode()).digest()[:8], "little")
+
+
+def nested_samples(cells: PlateCells, sizes, seed: int) -> dict[int, PlateCells]:
+    """For each size n: the plate with at most n cells per well, drawn without replacement (nested across sizes)."""
+    rng = np.random.default_rng(_plate_seed(seed, cells.plate))
+    well = cells.well_index
+    order = np.lexsort((rng.random(len(well)), well))  # each well's cells in a random order, wells in order
+    rank = np.arange(len(order)) - np.repeat(cells.offsets[:-1], cells.counts)
+    out = {}
+    for n in sorted({int(s) for s in sizes}):
+        if n < 1:
+            raise InputError(f"evaluate.sampling_sweep: sample sizes must be >= 1, got {n}")
+        keep = order[rank < n]
+        counts = np.minimum(cells.counts, n)
+        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        out[n] = PlateCells(cells.plate, cells.x[keep], offsets, cells.wells, cells.perturbations)
+    return out
+
+
+def _score(profiles: np.ndarray, wells: pd.DataFrame, perturbation_col, negcon_col, negcon_value, negcon_as_negatives):
+    if negcon_value is None:
+        negcon = np.zeros(len(wells), dtype=bool)
+    else:
+        negcon = (wells[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+    ap = _retrieval(
+        profiles, wells[perturbation_col].to_numpy(dtype=object), negcon=negcon,
+        negcon_as_negatives=negcon_as_negatives, queries=np.ones(len(wells), dtype=bool),
+    )
+    return ap
+
+
+def sweep_plate(
+    normalized,
+    checkpoint,
+    out,
+    *,
+    plate: str,
+    sizes,
+    seeds: int = 3,
+    mean_features: list[str] | None = None,
+    well_col: str = "Metadata_Well",
+    perturbation_col: str = "Metadata_broad_sample",
+    negcon_col: str | None = None,
+    negcon_value: str | None = None,
+    negcon_as_negatives: bool = False,
+    embedding: str = "head",
+    device: str = "auto",
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Write (and return) per-well AP of the model and the mean baseline for each sample size x seed, and all cells.
+
+    Columns: plate, well, perturbation, method (``model`` / ``mean``), cells_sampled (the size as
+    text, or ``all``), seed (-1 for all cells), n_cells_used, then the AP columns of the evaluate
+    step. ``mean_features``: the mean baseline's features (default: the model's).
+    """
+    import torch
+
+    from .model import pick_device
+    from .train import embed_cells, load_checkpoint, model_from_checkpoint
+
+    if embedding not in ("head", "pooled"):
+        raise InputError(f"train.embedding must be 'head' or 'pooled', got {embedding!r}")
+    sizes = sorted({int(s) for s in sizes})
+    if not sizes:
+        raise InputError("evaluate.sampling_sweep is empty: nothing to sweep")
+    torch.set_num_threads(max(1, threads))
+    dev = pick_device(device)
+    payload = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload, dev)
+    negcon_col = negcon_col or perturbation_col
+    feats = {"model": list(payload["features"]), "mean": list(mean_features or payload["features"])}
+    loaded = {}
+    for method, f in feats.items():
+        key = tuple(f)
+        if key not in loaded:
+            loaded[key] = load_plate_cells(normalized, f, plate=plate, well_col=well_col, perturbation_col=perturbation_col)[:2]
+
+    def profile(method: str, cells: PlateCells) -> np.ndarray:
+        if method == "model":
+            return embed_cells(model, cells, dev, use_head=embedding == "head")
+        from .aggregate import aggregate_cells
+
+        return aggregate_cells(cells, feats["mean"], "mean").to_numpy()
+
+    parts = []
+    for method, f in feats.items():
+        cells, wells = loaded[tuple(f)]
+        if negcon_value is not None and negcon_col not in wells.columns:
+            raise InputError(f"{normalized}: negative-control column {negcon_col!r} not found or not constant within wells")
+        draws = [(ALL, -1, cells)] + [
+            (str(n), s, sub) for s in range(seeds) for n, sub in nested_samples(cells, sizes, s).items()
+        ]
+        for label, seed, sub in draws:
+            ap = _score(profile(method, sub), wells, perturbation_col, negcon_col, negcon_value, negcon_as_negatives)
+            counts = sub.counts[ap.index.to_numpy()]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "plate": plate,
+                        "well": wells[well_col].to_numpy()[ap.index],
+                        "perturbation": wells[perturbation_col].to_numpy()[ap.index],
+                        "method": method,
+                        "cells_sampled": label,
+                        "seed": seed,
+                        "n_cells_used": counts,
+                    }
+                ).join(ap.reset_index(drop=True))
+            )
+        log.info("%s: %s swept over %s cells x %d seeds", plate, method, sizes, seeds)
+    result = pd.concat(parts, ignore_index=True)
+    write_table(result, out)
+    return result
+
+
+def _order_key(s: pd.Series) -> pd.Series:
+    return s.map(lambda v: float("inf") if v == ALL else float(v))
+
+
+def summarize_sweep(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0):
+    """Per plate x compound split x method x cells sampled x seed: mAP, precision at R, mean cells used.
+
+    Returns (long table, :func:`compact_sweep` of it).
+    """
+    from .summarize import add_splits
+
+    ap = add_splits(ap, plate_split, validation_compounds, split_seed)
+    rows = []
+    for part in ("train", "validation", "all"):
+        sub = ap if part == "all" else ap[ap["compound_split"] == part]
+        keys = ["plate", "plate_split", "method", "cells_sampled", "seed"]
+        for key, g in sub.groupby(keys, sort=False):
+            scored = g.dropna(subset=["average_precision"])
+            per = scored.groupby("perturbation")["average_precision"].mean()
+            rows.append(
+                dict(
+                    zip(keys, key),
+                    compound_split=part,
+                    mAP=per.mean() if len(per) else np.nan,
+                    precision_at_R=scored["precision_at_r"].mean() if len(scored) else np.nan,
+                    mean_cells_used=g["n_cells_used"].mean(),
+                    n_queries=len(scored),
+                )
+            )
+    long = pd.DataFrame(rows)
+    cols = ["plate", "plate_split", "compound_split", "method", "cells_sampled", "seed", "mAP", "precision_at_R", "mean_cells_used", "n_queries"]
+    long = long[cols].sort_values(
+        ["plate_split", "plate", "compound_split", "method", "cells_sampled", "seed"],
+        key=lambda s: _order_key(s) if s.name == "cells_sampled" else s,
+    ).reset_index(drop=True)
+    return long, compact_sweep(long)
+
+
+def compact_sweep(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean over the plates of each plate split, then mean and sd over seeds: one row per plate split x
+    compound split x method x cells sampled."""
+    long = long.astype({"cells_sampled": str})
+    by_seed = long.groupby(["plate_split", "compound_split", "method", "cells_sampled", "seed"], sort=False)[
+        ["mAP", "mean_cells_used"]
+    ].mean()
+    compact = by_seed.groupby(level=["plate_split", "compound_split", "method", "cells_sampled"], sort=False).agg(
+        mAP=("mAP", "mean"), mAP_sd=("mAP", "std"), mean_cells_used=("mean_cells_used", "mean"),
+        n_seeds=("mAP", "size"),
+    ).reset_index()
+    return compact.sort_values(
+        ["plate_split", "compound_split", "method", "cells_sampled"],
+        key=lambda s: _order_key(s) if s.name == "cells_sampled" else s,
+    ).reset_index(drop=True)
