@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from cytoagg.cells import PlateCells
 from cytoagg.sampling import SetSampler, SetSizeSchedule

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_workflow import REPO, copy_workflow, snakemake
+from test_workflow import copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -91,13 +91,13 @@ def test_changed_settings_do_not_resume(tmp_path, tiny_plates, caplog):
 def test_embed_uses_all_cells_and_checkpoint_features(tmp_path, tiny_plates):
     out, _, _ = train(tmp_path, tiny_plates)
     paths, features = tiny_plates
-    prof = embed_plate(paths["P3"], out, tmp_path / "P3.parquet", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    embed_plate(paths["P3"], out, tmp_path / "P3.parquet", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
     meta, x, _ = read_profiles(tmp_path / "P3.parquet")
     cells, _, _ = read_profiles(paths["P3"], features)
     assert len(meta) == cells["Metadata_Well"].nunique()
     assert meta["Metadata_n_cells"].astype(int).sum() == len(cells)
     assert x.shape[1] == SMALL.out_dim and np.isfinite(x).all()
-    pooled = embed_plate(paths["P3"], out, tmp_path / "P3p.parquet", plate="P3", well_col="Metadata_Well",
+    embed_plate(paths["P3"], out, tmp_path / "P3p.parquet", plate="P3", well_col="Metadata_Well",
                          perturbation_col="Metadata_broad_sample", embedding="pooled")
     assert read_profiles(tmp_path / "P3p.parquet")[1].shape[1] == SMALL.cell_hidden
 

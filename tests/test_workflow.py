@@ -112,7 +112,7 @@ def test_sampling_sweep_and_effective_rank_tables(finished):
 
 
 def test_report_contains_every_figure(finished):
-    proc = snakemake(finished, "--report", "report.html")
+    snakemake(finished, "--report", "report.html")
     html = (finished / "report.html").read_text(errors="replace")
     for name in (
         "map_per_plate.png", "training_curve.png", "cells_per_well.png", "pr_curves.png", "map_vs_cells.png",

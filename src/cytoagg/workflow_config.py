@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from pathlib import Path
 
 from .io import InputError
 from .platemap import platemap_name, platemap_path
