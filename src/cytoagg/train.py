@@ -99,22 +99,28 @@ def _load_training_plate(plate: str, store: tuple, features: list[str], annotati
     return cells
 
 
-def _plate_map(model: DeepSets, plates: list[PlateCells], compounds: set[str], device, use_head: bool = True) -> float:
-    """Mean over plates of per-plate mAP (mean over compounds of their wells' AP), all cells per well."""
-    per_plate = []
+def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set[str]], device) -> dict[str, float]:
+    """Per split of compounds: mean over plates of per-plate mAP (mean over compounds of their wells' AP).
+
+    Each plate is embedded once (all cells per well) and scored for every split.
+    """
+    per_plate: dict[str, list[float]] = {name: [] for name in splits}
     model.eval()
     for p in plates:
-        keep = np.isin(p.perturbations, list(compounds))
-        if keep.sum() < 2:
-            continue
-        prof = embed_cells(model, p, device, use_head)[keep]
-        ap = average_precision(prof, p.perturbations[keep])
-        ap["compound"] = p.perturbations[keep]
-        by_compound = ap.dropna(subset=["average_precision"]).groupby("compound")["average_precision"].mean()
-        if len(by_compound):
-            per_plate.append(by_compound.mean())
+        profiles = None
+        for name, compounds in splits.items():
+            keep = np.isin(p.perturbations, list(compounds))
+            if keep.sum() < 2:
+                continue
+            if profiles is None:
+                profiles = embed_cells(model, p, device)
+            ap = average_precision(profiles[keep], p.perturbations[keep])
+            ap["compound"] = p.perturbations[keep]
+            by_compound = ap.dropna(subset=["average_precision"]).groupby("compound")["average_precision"].mean()
+            if len(by_compound):
+                per_plate[name].append(by_compound.mean())
     model.train()
-    return float(np.mean(per_plate)) if per_plate else float("nan")
+    return {name: float(np.mean(v)) if v else float("nan") for name, v in per_plate.items()}
 
 
 def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = True) -> np.ndarray:
@@ -289,8 +295,9 @@ def train_model(
             "sampling_wait_s": waited,
         }
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
-            row["train_mAP"] = _plate_map(model, plates, train_compounds, device)
-            row["val_mAP"] = _plate_map(model, plates, val_compounds, device) if val_compounds else float("nan")
+            maps = _split_maps(model, plates, {"train": train_compounds, "validation": val_compounds}, device)
+            row["train_mAP"] = maps["train"]
+            row["val_mAP"] = maps["validation"]
             score = row["val_mAP"] if val_compounds else float(epoch)
             if best is None or score > best["score"]:
                 best, since_best = {"score": score, "epoch": epoch}, 0
