@@ -1,28 +1,34 @@
 """Training step speed at the paper's settings, against the matmul ceiling on the same threads.
 
-    python benchmarks/train.py [--features 1000] [--steps 5] [--threads 2] [--device auto]
+    python benchmarks/train.py [--features 1000] [--steps 5] [--threads 2] [--device auto] [--demo results]
 
 One step = 72 sets (18 compounds x 4 views) of ``--cells`` cells (the paper: ~1500), per-cell
 Linear(D -> 2048), sum pooling, head, SupCon loss, AdamW. Prints seconds per step split into
 sampling (index draw + gather of the cells) / forward / backward / optimizer, cells/s, and the
 achieved GFLOP/s counting 4 x cells x D x 2048 FLOP per step (forward + weight gradient of the
 per-cell layer; the input needs no gradient), beside a plain torch matmul of the same shapes
-(cells x D @ D x 2048, and its weight gradient) on the same threads: the ceiling.
+(cells x D @ D x 2048, and its weight gradient) on the same threads: the ceiling, timed before and
+after the steps (the fastest run counts, so a slow moment of the machine cannot flatter the ratio).
+``--demo``: also the epoch times of a finished default demo run (its ``model/training_log.csv`` and
+the ``train`` rule's benchmark file).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import platform
+import tempfile
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cytoagg.cells import PlateCells
 from cytoagg.loss import supcon_loss
 from cytoagg.model import DeepSets, ModelSpec, pick_device
-from cytoagg.sampling import SetSampler
+from cytoagg.sampling import BatchGatherer, SetSampler
 
 
 def sync(device):
@@ -67,38 +73,19 @@ def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3) -> float:
     return best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--features", type=int, default=1000)
-    ap.add_argument("--cells", type=int, default=1500, help="cells per set")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--cells-per-well", type=int, default=1000)
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = pick_device(args.device)
-    plate = synthetic_plate(args.features, args.cells_per_well)
-    sampler = SetSampler(plate, sorted(set(plate.perturbations)), n_views=4)
-    model = DeepSets(ModelSpec(n_features=args.features)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    rng = np.random.default_rng(0)
-    batches = sampler.batches(18, rng)
+def time_phases(model, opt, next_batch, forward, batches, steps, device) -> dict[str, list[float]]:
+    """Seconds of each phase of ``steps`` training steps, timed one by one (a first, warm-up step is not counted)."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
     times = {"sampling": [], "forward": [], "backward": [], "optimizer": []}
-    for step in range(args.steps + 1):  # the first step warms up and is not counted
+    for step in range(steps + 1):
         sync(device)
         t0 = time.perf_counter()
-        idx, labels = sampler.sample(batches[step % len(batches)], args.cells, rng)
-        x = torch.from_numpy(plate.x[idx]).to(device)
-        lab = torch.from_numpy(labels).to(device)
+        x, labels = next_batch(batches[step % len(batches)])
+        x, lab = x.to(device), torch.from_numpy(labels).to(device)
         sync(device)
         t1 = time.perf_counter()
         with autocast:
-            loss = supcon_loss(model(x), lab)
+            loss = supcon_loss(forward(x), lab)
         sync(device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -111,6 +98,85 @@ def main() -> None:
         if step:
             for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 times[k].append(v)
+    return times
+
+
+class PlainLayers(torch.nn.Module):
+    """The same model through plain PyTorch layers (``Linear`` on the 3-d batch, ``LeakyReLU``, ``sum``), as the paper's code runs it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        linear, act = self.model.cell_net
+        return self.model.project(torch.nn.functional.leaky_relu(linear(x), act.negative_slope).sum(dim=1))
+
+
+def paper_style_loader(plate, sampler, batches, n_cells, tmp: Path, rng):
+    """The paper's data path, for comparison: one pickled DataFrame per well, read when a set needs it,
+    cells drawn with replacement by pandas, sets stacked into a tensor. The same sampling design as
+    cytoagg's (1 or 2 wells per set, n_cells // n_wells cells from each); only the wells of the
+    measured batches are written."""
+    columns = [f"Cells_f{j}" for j in range(plate.x.shape[1])]
+    wanted = {w for b in batches for c in b for w in sampler.table[c, : sampler.n_wells[c]]}
+    for w in wanted:
+        a, b = plate.offsets[w], plate.offsets[w + 1]
+        pd.DataFrame(plate.x[a:b], columns=columns).to_pickle(tmp / f"{w}.pkl")
+
+    def next_batch(compounds):
+        sets, labels = [], []
+        for c in compounds:
+            wells = sampler.table[c, : sampler.n_wells[c]]
+            for _ in range(sampler.n_views):
+                n_use = min(int(rng.integers(1, 3)), len(wells))
+                parts = [
+                    pd.read_pickle(tmp / f"{w}.pkl").sample(n_cells // n_use, replace=True, random_state=int(rng.integers(2**31))).to_numpy()
+                    for w in rng.choice(wells, n_use, replace=False)
+                ]
+                sets.append(np.concatenate(parts))
+                labels.append(c)
+        return torch.tensor(np.stack(sets)), np.asarray(labels)
+
+    return next_batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--features", type=int, default=1000)
+    ap.add_argument("--cells", type=int, default=1500, help="cells per set")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cells-per-well", type=int, default=1000)
+    ap.add_argument("--demo", default=None, help="results folder of a finished default demo run")
+    ap.add_argument("--reference-steps", type=int, default=3, help="steps of the paper-style loop (0: skip it)")
+    ap.add_argument("--tmp", default=None, help="folder for the paper-style loop's per-well pickles")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = pick_device(args.device)
+    plate = synthetic_plate(args.features, args.cells_per_well)
+    sampler = SetSampler(plate, sorted(set(plate.perturbations)), n_views=4)
+    model = DeepSets(ModelSpec(n_features=args.features)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    rng = np.random.default_rng(0)
+    batches = sampler.batches(18, rng)
+
+    gatherer = BatchGatherer(pin=device.type == "cuda")
+
+    def cytoagg_batch(compounds):
+        idx, labels = sampler.sample(compounds, args.cells, rng)
+        return BatchGatherer.gather(plate.x, idx, gatherer.next_buffer(idx.size * args.features)), labels
+
+    ceil_before = ceiling(72 * args.cells, args.features, model.spec.cell_hidden, device)
+    times = time_phases(model, opt, cytoagg_batch, model, batches, args.steps, device)
+    reference = None
+    if args.reference_steps:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            paper_batch = paper_style_loader(plate, sampler, batches[: args.reference_steps + 1], args.cells, Path(tmp), rng)
+            reference = time_phases(model, opt, paper_batch, PlainLayers(model), batches, args.reference_steps, device)
 
     # The training loop itself (cytoagg.train._run_epoch): the next batch is gathered in a worker thread
     # while the current step computes, so only the wait for it is exposed.
@@ -135,7 +201,7 @@ def main() -> None:
     flop = 4 * n_cells * args.features * model.spec.cell_hidden
     step = sum(np.median(v) for v in times.values())
     compute = step - np.median(times["sampling"])
-    ceil = ceiling(n_cells, args.features, model.spec.cell_hidden, device)
+    ceil = min(ceil_before, ceiling(n_cells, args.features, model.spec.cell_hidden, device))
     print(f"# cytoagg training step, {platform.node()} ({torch.get_num_threads()} threads, {device}), torch {torch.__version__}")
     print(f"# 72 sets x {args.cells} cells = {n_cells} cells, D = {args.features}, hidden 2048; median of {args.steps} steps")
     print("| part | seconds per step | share |")
@@ -154,6 +220,35 @@ def main() -> None:
     print(f"| achieved GFLOP/s (forward+backward+optimizer) | {flop / compute / 1e9:.1f} |")
     print(f"| ceiling: the two matmuls alone, GFLOP/s | {flop / ceil / 1e9:.1f} |")
     print(f"| training loop / ceiling | {ceil / loop_step:.0%} |")
+    if reference:
+        ref_step = sum(np.median(v) for v in reference.values())
+        print()
+        print(f"# the paper's data path and plain layers (per-well pickles, pandas sampling), same run; median of {args.reference_steps} steps")
+        print("| part | paper-style loop (s) | cytoagg (s) | paper-style / cytoagg |")
+        print("|---|---|---|---|")
+        for k in times:
+            r, c = np.median(reference[k]), np.median(times[k])
+            print(f"| {k} | {r:.3f} ({r / ref_step:.1%}) | {c:.3f} | {r / c:.1f}x |")
+        print(f"| **step** | **{ref_step:.3f}** | **{loop_step:.3f}** (training loop) | **{ref_step / loop_step:.2f}x** |")
+        print(f"| achieved GFLOP/s, share of the ceiling | {flop / ref_step / 1e9:.1f}, {ceil / ref_step:.0%} | {flop / loop_step / 1e9:.1f}, {ceil / loop_step:.0%} | |")
+    if args.demo:
+        demo_epochs(Path(args.demo))
+
+
+def demo_epochs(results: Path) -> None:
+    """Epoch times of the default demo's training (as it ran in the workflow)."""
+    log = pd.read_csv(results / "model" / "training_log.csv")
+    rule = pd.read_csv(results / "benchmarks" / "train.tsv", sep="\t")
+    evaluated = log["val_mAP"].notna() if "val_mAP" in log else np.zeros(len(log), bool)
+    print()
+    print(f"# default demo ({results}): {len(log)} epochs of {int(log['n_steps'].iloc[0])} steps")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| seconds per epoch, median (no evaluation) | {log.loc[~evaluated, 'seconds'].median():.2f} |")
+    if evaluated.any():
+        print(f"| seconds per epoch, median (with the validation mAP) | {log.loc[evaluated, 'seconds'].median():.2f} |")
+    print(f"| sampler wait per epoch, median (s) | {log['sampling_wait_s'].median():.3f} |")
+    print(f"| `train` rule wall time, all epochs (s) | {rule['s'].iloc[0]:.1f} |")
 
 
 if __name__ == "__main__":

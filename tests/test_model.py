@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cytoagg.loss import supcon_loss, triplet_margin_loss
-from cytoagg.model import DeepSets, ModelSpec, pick_device
+from cytoagg.model import DeepSets, ModelSpec, SetPooledLayer, pick_device
 
 
 def small(pooling="sum", head="paper"):
@@ -104,3 +104,26 @@ def test_triplet_hand_computed():
     # valid triplets: (0,1,2) and (1,0,2): d_ap = 0, d_an = 1 -> relu(0 - 1 + m) = 0 for m = 0.2; with m = 1.5 -> 0.5
     assert triplet_margin_loss(z, labels, margin=0.2).item() == pytest.approx(0.0)
     assert triplet_margin_loss(z, labels, margin=1.5).item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_training_layer_matches_plain_layers(pooling):
+    """The CPU training path (SetPooledLayer) gives the plain layers' pooled values and gradients."""
+    torch.manual_seed(0)
+    m = DeepSets(ModelSpec(n_features=7, cell_hidden=16, head_hidden=4, out_dim=5, pooling=pooling)).double()
+    x = torch.randn(3, 11, 7, dtype=torch.float64)
+    fused = m(x)
+    fused.square().sum().backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    linear, act = m.cell_net
+    h = torch.nn.functional.leaky_relu(linear(x), act.negative_slope)
+    plain = m.project(h.sum(1) if pooling == "sum" else h.mean(1))
+    plain.square().sum().backward()
+    torch.testing.assert_close(fused, plain)
+    for g, p in zip(grads, m.parameters()):
+        torch.testing.assert_close(g, p.grad)
+    # and the gradient check of the layer itself
+    w = linear.weight.detach().clone().requires_grad_()
+    b = linear.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda w, b: SetPooledLayer.apply(x, w, b, 0.01), (w, b))

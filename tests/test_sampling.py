@@ -1,7 +1,7 @@
 import numpy as np
 
 from cytoagg.cells import PlateCells
-from cytoagg.sampling import SetSampler, SetSizeSchedule
+from cytoagg.sampling import BatchGatherer, SetSampler, SetSizeSchedule
 
 
 def plate():
@@ -76,3 +76,21 @@ def test_sampler_is_seeded():
 def test_sampler_skips_compounds_absent_from_plate():
     s = SetSampler(plate(), ["c1", "zz"], n_views=2)
     assert s.compounds == ["c1"]
+
+
+def test_gatherer_equals_fancy_indexing_and_alternates_buffers(tmp_path):
+    """The cells a batch gets are x[idx], from an array or a read-only memory map, whatever the buffer's history."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    np.save(tmp_path / "cells.npy", x)
+    stored = np.load(tmp_path / "cells.npy", mmap_mode="r")
+    g = BatchGatherer()
+    batches = []
+    for n_cells in (10, 4, 12, 12):  # grows, shrinks, grows again
+        idx = rng.integers(0, 50, (3, n_cells))
+        out = BatchGatherer.gather(stored, idx, g.next_buffer(idx.size * 6))
+        assert out.shape == (3, n_cells, 6)
+        np.testing.assert_array_equal(out.numpy(), x[idx])
+        batches.append((idx, out))
+    # the batch before the last is still intact while the last one is gathered (prefetching)
+    np.testing.assert_array_equal(batches[-2][1].numpy(), x[batches[-2][0]])

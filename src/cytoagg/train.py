@@ -27,7 +27,7 @@ from .io import InputError, atomic_path, write_table
 from .loss import LOSSES
 from .metrics import average_precision
 from .model import DeepSets, ModelSpec, pick_device
-from .sampling import SetSampler, SetSizeSchedule
+from .sampling import BatchGatherer, SetSampler, SetSizeSchedule
 from .splits import split_compounds
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,6 @@ def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = Tru
     return out.float().cpu().numpy()
 
 
-def _gather(x: np.ndarray, idx: np.ndarray, pin: bool) -> torch.Tensor:
-    """The cells of a batch of sets, (n_sets, n_cells, n_features): one fancy index into the plate's array."""
-    t = torch.from_numpy(np.asarray(x[idx], dtype=np.float32))
-    return t.pin_memory() if pin else t
-
-
 def _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool) -> tuple[list, float]:
     """One pass over every training plate's compounds; returns the step losses and the seconds spent waiting for data.
 
@@ -146,12 +140,13 @@ def _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, setting
     """
     batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
     order = rng.permutation(len(batches))
-    pin = device.type == "cuda"
+    gatherer = BatchGatherer(pin=device.type == "cuda")
 
     def plan(j):
         k, compound_idx = batches[j]
         idx, labels = samplers[k].sample(compound_idx, schedule.draw(rng), rng)
-        return labels, pool.submit(_gather, plates[k].x, idx, pin)
+        buffer = gatherer.next_buffer(idx.size * plates[k].x.shape[1])
+        return labels, pool.submit(BatchGatherer.gather, plates[k].x, idx, buffer)
 
     losses, waited = [], 0.0
     pending = plan(order[0]) if len(order) else None
