@@ -271,3 +271,27 @@ def test_pr_curves_give_the_evaluated_ap(tmp_path):
     curves = pr_curves({"model": a}, perturbation_col="Metadata_broad_sample", group_col="Metadata_kind",
                        negcon_value="DMSO", validation_compounds=["c0", "c1", "c2"])
     assert set(curves["group"]) == {"train compounds", "validation compounds"}
+
+
+def test_cli_evaluates_several_methods_in_one_call(tmp_path, caplog):
+    """The evaluate rule's call: each --out gets its own equal share of --profiles, in order."""
+    import json
+
+    from cytoagg.cli import main
+
+    files = {}
+    for method, seed in (("model", 0), ("mean", 5)):
+        for plate in ("P1", "P2"):
+            files[method, plate] = tmp_path / f"{method}_{plate}.parquet"
+            write_profiles(plate_frame(plate, seed + (plate == "P2")), files[method, plate])
+    params = json.dumps({"perturbation_col": "Metadata_broad_sample", "well_col": "Metadata_Well", "negcon_value": "DMSO", "reference": "split"})
+    outs = [tmp_path / "ap_model.parquet", tmp_path / "ap_mean.parquet"]
+    profiles = [files["model", "P1"], files["model", "P2"], files["mean", "P1"], files["mean", "P2"]]
+    main(["evaluate", "--profiles", *map(str, profiles), "--out", *map(str, outs), "--method", "model", "mean",
+          "--plate", "P1", "--params", params])
+    for out, method in zip(outs, ("model", "mean")):
+        alone = evaluate_plate([files[method, "P1"], files[method, "P2"]], tmp_path / "alone.parquet",
+                               perturbation_col="Metadata_broad_sample", negcon_value="DMSO", reference="split", query_plates=["P1"])
+        pd.testing.assert_frame_equal(pd.read_parquet(out), alone)
+    assert main(["evaluate", "--profiles", *map(str, profiles[:3]), "--out", *map(str, outs), "--params", params]) == 2
+    assert "3 --profiles files do not split evenly over 2 --out" in caplog.text

@@ -62,11 +62,6 @@ def test_a_new_package_version_marks_results_outdated(finished_copy):
     assert jobs["ingest"] == 3 and jobs["normalize"] == 3 and jobs["train"] == 1 and jobs["summarize"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest's params are a function of `input` (the platemap path), and Snakemake leaves params derived "
-    "from input out of its params trigger; fix: build the platemap from `plate_platemap(w)` in ingest.smk",
-)
 def test_changing_an_ingest_setting_reruns_ingest(finished_copy):
     status = summary_status(finished_copy)
     assert status["results/ingested/P1.parquet"] == "ok"

@@ -79,7 +79,7 @@ def test_sweep_all_cells_equals_the_evaluate_step(tiny_plates, checkpoint, tmp_p
         if method == "model":
             embed_plate(paths["P3"], checkpoint, prof, plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
         else:
-            aggregate_plate(paths["P3"], features, prof, method="mean", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+            aggregate_plate(paths["P3"], features, {"mean": prof}, plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
         ev = evaluate_plate(prof, tmp_path / f"{method}_ap.parquet", **ANN).set_index("well")
         mine = got[(got.method == method) & (got.cells_sampled == "all")].set_index("well")
         np.testing.assert_allclose(mine["average_precision"], ev.loc[mine.index, "average_precision"], atol=1e-6)

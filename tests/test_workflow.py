@@ -142,7 +142,7 @@ def test_touching_one_raw_plate_reruns_only_its_chain(finished):
     finally:
         os.utime(raw, ns=(before.st_atime_ns, before.st_mtime_ns))  # leave the finished run as it was
     assert jobs["ingest"] == 1 and jobs["normalize"] == 1 and jobs["embed"] == 1
-    assert jobs["aggregate"] == 2 and jobs["evaluate"] == 3
+    assert jobs["aggregate"] == 1 and jobs["evaluate"] == 1
     assert "train" not in jobs and "select_features" not in jobs
     assert {"summarize", "plot_map", "plot_cells_per_well"} <= set(jobs)
 
@@ -166,7 +166,7 @@ def test_one_plate_target(finished):
 
 def test_forcerun_one_validation_plate_reruns_its_downstream_only(finished):
     jobs = planned_jobs(finished, "--forcerun", "results/normalized/P3.parquet")
-    assert jobs["normalize"] == 1 and jobs["embed"] == 1 and jobs["aggregate"] == 2 and jobs["evaluate"] == 3
+    assert jobs["normalize"] == 1 and jobs["embed"] == 1 and jobs["aggregate"] == 1 and jobs["evaluate"] == 1
     assert "train" not in jobs and "ingest" not in jobs
 
 
@@ -198,3 +198,44 @@ def test_bad_config_fails_before_any_job(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (wd / "results").exists()
+
+
+def test_own_plates_barcode_platemaps_and_split_reference_are_planned_per_plate(tmp_path):
+    """The per-plate inputs that are functions (a platemap per plate, every plate of a split ranked
+    together) give each job its own files, in the dry run's shell commands."""
+    import json
+    import shlex
+
+    import yaml
+
+    wd = copy_workflow(tmp_path)
+    data = wd / "data"
+    (data / "maps").mkdir(parents=True)
+    for plate in ("PA", "PB", "PC"):
+        (data / f"{plate}.sqlite").touch()
+    (data / "barcode_platemap.csv").write_text("Assay_Plate_Barcode,Plate_Map_Name\nPA,map1\nPB,map2\nPC,map1\n")
+    for name in ("map1", "map2"):
+        (data / "maps" / f"{name}.txt").write_text("well_position\tbroad_sample\nA01\tDMSO\n")
+    (wd / "own.yaml").write_text(yaml.safe_dump({
+        "plates": {"train": ["PA", "PB"], "validation": ["PC"]},
+        "dataset": {"path": "data/{plate}.sqlite", "barcode_platemap": "data/barcode_platemap.csv", "platemap_dir": "data/maps"},
+        "evaluate": {"reference": "split", "baselines": ["mean"]},
+    }))
+    shutil.copy(wd / "own.yaml", wd / "tiny.yaml")  # snakemake() reads tiny.yaml after config.yaml
+    out = snakemake(wd, "-n", "-p").stdout
+    commands = [shlex.split(line.removeprefix("Shell command: ")) for line in out.splitlines() if "python -m cytoagg " in line]
+
+    def arg(cmd, flag):
+        i = cmd.index(flag)
+        values = []
+        for v in cmd[i + 1 :]:
+            if v.startswith("--") or v == "2>":
+                break
+            values.append(v)
+        return values
+
+    ingest = {arg(c, "--plate")[0]: json.loads(arg(c, "--params")[0]) for c in commands if c[3] == "ingest"}
+    assert {p: Path(s["platemap"]).name for p, s in ingest.items()} == {"PA": "map1.txt", "PB": "map2.txt", "PC": "map1.txt"}
+    evaluate = {arg(c, "--plate")[0]: arg(c, "--profiles") for c in commands if c[3] == "evaluate"}
+    assert evaluate["PA"] == [f"results/profiles/{m}/{p}.parquet" for m in ("model", "mean") for p in ("PA", "PB")]
+    assert evaluate["PC"] == ["results/profiles/model/PC.parquet", "results/profiles/mean/PC.parquet"]

@@ -72,6 +72,7 @@ def cmd_ingest(args, p):
         compartments=tuple(p.get("compartments", ("Cells", "Cytoplasm", "Nuclei"))),
         features=p.get("features"),
         blocklist=p.get("blocklist"),
+        workers=args.threads,
     )
     log.info("ingested %s: %s", args.plate, {k: v for k, v in summary.items() if k != "cells_per_well"})
 
@@ -80,7 +81,9 @@ def cmd_normalize(args, p):
     from .normalize import normalize_plate
 
     keys = ("method", "samples", "epsilon", "spherize_method", "spherize_center", "well_center", "memory_mb")
-    summary = normalize_plate(args.src, args.out, well_col=p.get("well_col", "Metadata_Well"), **{k: p[k] for k in keys if k in p})
+    summary = normalize_plate(
+        args.src, args.out, well_col=p.get("well_col", "Metadata_Well"), threads=args.threads, **{k: p[k] for k in keys if k in p}
+    )
     log.info("normalized: %s", summary)
 
 
@@ -145,22 +148,36 @@ def cmd_embed(args, p):
 def cmd_aggregate(args, p):
     from .aggregate import aggregate_plate
 
+    if len(args.method) != len(args.out):
+        raise InputError("aggregate: give one --out per --method")
     aggregate_plate(
-        args.normalized, _read_list(args.features), args.out, method=args.method, plate=args.plate,
+        args.normalized, _read_list(args.features), dict(zip(args.method, args.out)), plate=args.plate,
         well_col=p["well_col"], perturbation_col=p["perturbation_col"],
     )
 
 
 def cmd_evaluate(args, p):
+    """One or several profile sets: ``--profiles`` holds, for each ``--out`` in order, the same number of
+    files (e.g. the model's plates, then the mean's); ``--method`` names them in the log."""
     from .evaluate import evaluate_plate
 
-    evaluate_plate(
-        args.profiles, args.out, perturbation_col=p["perturbation_col"], well_col=p["well_col"],
-        plate_col=p.get("plate_col", "Metadata_Plate"), negcon_col=p.get("negcon_col"),
-        negcon_value=p.get("negcon_value"), negcon_as_negatives=p.get("negcon_as_negatives", False),
-        reference=p.get("reference", "plate"), query_plates=args.plate, moa_col=p.get("moa_column"),
-        baseline_corrected=p.get("baseline_corrected", False),
-    )
+    per_out, rest = divmod(len(args.profiles), len(args.out))
+    methods = args.method or [None] * len(args.out)
+    if rest or not per_out or len(methods) != len(args.out):
+        raise InputError(
+            f"evaluate: {len(args.profiles)} --profiles files do not split evenly over {len(args.out)} --out files"
+            + ("" if len(methods) == len(args.out) else f" (and {len(methods)} --method names)")
+        )
+    for k, (method, out) in enumerate(zip(methods, args.out)):
+        if method:
+            log.info("evaluating %s", method)
+        evaluate_plate(
+            args.profiles[k * per_out : (k + 1) * per_out], out, perturbation_col=p["perturbation_col"],
+            well_col=p["well_col"], plate_col=p.get("plate_col", "Metadata_Plate"), negcon_col=p.get("negcon_col"),
+            negcon_value=p.get("negcon_value"), negcon_as_negatives=p.get("negcon_as_negatives", False),
+            reference=p.get("reference", "plate"), query_plates=args.plate, moa_col=p.get("moa_column"),
+            baseline_corrected=p.get("baseline_corrected", False),
+        )
 
 
 def cmd_evaluate_sampling(args, p):
@@ -315,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("pack-cells", cmd_pack_cells, ("--normalized", req), ("--features", req), ("--out-cells", req), ("--out-wells", req), ("--plate", req))
     add("train", cmd_train, ("--plate-names", many), ("--cells", many), ("--wells", many), ("--features", req), ("--out-model", req), ("--out-log", req))
     add("embed", cmd_embed, ("--normalized", req), ("--checkpoint", req), ("--out", req), ("--plate", req))
-    add("aggregate", cmd_aggregate, ("--normalized", req), ("--features", req), ("--out", req), ("--method", req), ("--plate", req))
-    add("evaluate", cmd_evaluate, ("--profiles", many), ("--out", req), ("--plate", {"nargs": "+", "default": None}))
+    add("aggregate", cmd_aggregate, ("--normalized", req), ("--features", req), ("--out", many), ("--method", many), ("--plate", req))
+    add("evaluate", cmd_evaluate, ("--profiles", many), ("--out", many), ("--method", {"nargs": "+", "default": None}), ("--plate", {"nargs": "+", "default": None}))
     add("evaluate-sampling", cmd_evaluate_sampling, ("--normalized", req), ("--checkpoint", req), ("--features", req), ("--out", req), ("--plate", req))
     add("effective-rank", cmd_effective_rank, ("--plate-names", many), ("--normalized", many), ("--checkpoint", req), ("--features", req), ("--out-summary", req), ("--out-spectra", req))
     add("summarize", cmd_summarize, ("--methods", many), ("--ap", many), ("--out-csv", req), ("--out-md", req), ("--out-compounds", {"default": None}))

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -37,7 +38,6 @@ PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
 # keeps other names out of targets (see cytoagg.workflow_config.PLATE_NAME).
 wildcard_constraints:
     plate=PLATE_NAME,
-    baseline="|".join(BASELINES),
     method="|".join(METHODS),
 
 
@@ -54,12 +54,21 @@ def use_gpu():
     return device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None)
 
 
+# resources of train and embed: gpu=1 where they use one; nothing otherwise (one resource less per job to plan)
+GPU = {"gpu": 1} if use_gpu() else {}
+
+
 def settings(**values):
-    """A step's settings as one JSON string: a rule param, so changing one reruns what depends on it.
+    """A step's settings as one JSON string for the CLI's --params. A rule param, so changing one reruns
+    what depends on it; a constant, not a function, where it does not depend on the plate (thousands of
+    jobs plan faster; benchmarks/dag.md).
 
     The package version rides along, so upgrading cytoagg shows results as outdated (--list-changes params).
+    Snakemake fills ``{name}`` in constant params with wildcards: such a brace (only possible inside a JSON
+    string) is written as the JSON escape \\u007b, which the CLI reads back as "{".
     """
-    return json.dumps({"cytoagg_version": cytoagg.__version__, **values}, sort_keys=True)
+    text = json.dumps({"cytoagg_version": cytoagg.__version__, **values}, sort_keys=True)
+    return re.sub(r"\{(?=\s*\w)", r"\\u007b", text)
 
 
 ANNOTATION = dict(
@@ -81,6 +90,54 @@ def plate_platemap(wildcards):
     if SYNTHETIC:
         return [f"{R}/synthetic/platemap/synthetic_platemap.txt"]
     return [PLATEMAPS[wildcards.plate]] if PLATEMAPS.get(wildcards.plate) else []
+
+
+# Inputs that are the same pattern for every plate are given as patterns, not functions: Snakemake
+# calls a function once per job, which adds up over thousands of plates (benchmarks/dag.md).
+if SYNTHETIC:
+    RAW_PLATE = f"{R}/synthetic/plates/{{plate}}.sqlite"
+elif set(re.findall(r"\{([^{}]*)\}", config["dataset"]["path"])) == {"plate"}:
+    RAW_PLATE = config["dataset"]["path"]
+else:  # other braces in the path: str.format, as check_config does
+    RAW_PLATE = raw_plate
+if SYNTHETIC:
+    PLATEMAP = [f"{R}/synthetic/platemap/synthetic_platemap.txt"]
+elif len(set(PLATEMAPS.values())) <= 1:  # the same platemap file for every plate, or none
+    PLATEMAP = [m for m in set(PLATEMAPS.values()) if m]
+else:  # barcode_platemap: each plate its own
+    PLATEMAP = plate_platemap
+
+
+def ingest_settings(platemap):
+    return settings(
+        format="sqlite" if SYNTHETIC else config["dataset"]["format"],
+        platemap=(platemap or [None])[0],
+        plate_col=MD["plate"],
+        well_col=MD["well"],
+        compartments=config["dataset"]["compartments"],
+        features=config["dataset"]["features"],
+        blocklist=config["dataset"]["blocklist"],
+    )
+
+
+# The plates each plate's wells are ranked against: its own, or every plate of its split.
+RANKED_AGAINST = {p: [p] for p in PLATES}
+if config["evaluate"]["reference"] == "split":
+    RANKED_AGAINST = {p: list(s) for s in (TRAIN_PLATES, VALIDATION_PLATES) for p in s}
+
+
+def ranked_profiles(plate, method):
+    return [f"{R}/profiles/{method}/{p}.parquet" for p in RANKED_AGAINST.get(plate, [plate])]
+
+
+def evaluate_input(wildcards):
+    """Each method's ranked plates in turn (evaluate's --profiles, in the order of its outputs)."""
+    return [f for m in METHODS for f in ranked_profiles(wildcards.plate, m)]
+
+
+# a pattern where each plate is ranked against itself alone
+RANK_WITHIN_PLATE = config["evaluate"]["reference"] == "plate"
+EVALUATE_INPUT = [f"{R}/profiles/{m}/{{plate}}.parquet" for m in METHODS] if RANK_WITHIN_PLATE else evaluate_input
 
 
 def model_path():

@@ -8,7 +8,7 @@ rule embed:
     output:
         f"{R}/profiles/model/{{plate}}.parquet",
     params:
-        settings=lambda w: settings(
+        settings=settings(
             embedding=config["train"]["embedding"],
             device=config["train"]["device"],
             normalization=NORMALIZATION,
@@ -22,7 +22,7 @@ rule embed:
     resources:
         mem_mb=mem_from_input(factor=4, floor=1500),
         runtime=runtime_from_input(floor=10, per_gb=10),
-        gpu=1 if use_gpu() else 0,
+        **GPU,
     conda:
         f"{ENVS}/torch.yaml"
     shell:
@@ -30,18 +30,21 @@ rule embed:
         "--plate {wildcards.plate:q} --threads {threads} --params {params.settings:q} 2> {log:q}"
 
 
+# One job per plate writes every baseline: the plate is read once, and the DAG stays small (a job per
+# plate and step, whatever the number of baselines; see benchmarks/dag.md).
 rule aggregate:
     input:
         normalized=f"{R}/normalized/{{plate}}.parquet",
         features=f"{R}/features.txt",
     output:
-        f"{R}/profiles/{{baseline}}/{{plate}}.parquet",
+        expand(f"{R}/profiles/{{baseline}}/{{{{plate}}}}.parquet", baseline=BASELINES),
     params:
-        settings=lambda w: settings(**ANNOTATION),
+        settings=settings(**ANNOTATION),
+        methods=BASELINES,
     log:
-        f"{R}/logs/aggregate/{{baseline}}/{{plate}}.log",
+        f"{R}/logs/aggregate/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/aggregate/{{baseline}}/{{plate}}.tsv"
+        f"{R}/benchmarks/aggregate/{{plate}}.tsv"
     threads: 1
     resources:
         mem_mb=mem_from_input(factor=3, floor=1000),
@@ -50,4 +53,4 @@ rule aggregate:
         f"{ENVS}/tables.yaml"
     shell:
         "python -m cytoagg aggregate --normalized {input.normalized:q} --features {input.features:q} --out {output:q} "
-        "--method {wildcards.baseline:q} --plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"
+        "--method {params.methods:q} --plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"

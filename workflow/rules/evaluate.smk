@@ -9,38 +9,37 @@ SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
 # CPU, or a GPU where one is visible to the job anyway).
 TORCH_SIDE_DEVICE = "cpu" if config["train"]["device"] == "cpu" else "auto"
 
-# The plates each plate's wells are ranked against: its own, or every plate of its split.
-RANKED_AGAINST = {p: [p] for p in PLATES}
-if EVAL["reference"] == "split":
-    RANKED_AGAINST = {p: list(s) for s in (TRAIN_PLATES, VALIDATION_PLATES) for p in s}
-
-
+# One job per plate evaluates every method (the model and each baseline): a job per plate and step keeps
+# the DAG small for thousands of plates (benchmarks/dag.md). Its input is each method's ranked plates
+# in turn, in the order of its outputs.
 rule evaluate:
     input:
-        lambda w: [f"{R}/profiles/{w.method}/{p}.parquet" for p in RANKED_AGAINST.get(w.plate, [w.plate])],
+        EVALUATE_INPUT,
     output:
-        f"{R}/ap/{{method}}/{{plate}}.parquet",
+        expand(f"{R}/ap/{{method}}/{{{{plate}}}}.parquet", method=METHODS),
     params:
-        settings=lambda w: settings(
+        settings=settings(
             negcon_as_negatives=EVAL["negcon_as_negatives"],
             reference=EVAL["reference"],
             moa_column=EVAL["moa_column"],
             baseline_corrected=EVAL["baseline_corrected"],
             **ANNOTATION,
         ),
+        methods=METHODS,
     log:
-        f"{R}/logs/evaluate/{{method}}/{{plate}}.log",
+        f"{R}/logs/evaluate/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{method}}/{{plate}}.tsv"
+        f"{R}/benchmarks/evaluate/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=mem_from_input(factor=4, floor=1000),
-        runtime=runtime_from_input(floor=10, per_gb=10),
+        # one method's profiles in memory at a time: one plate's are small (384 wells); every plate of a split's may not be
+        mem_mb=1000 if RANK_WITHIN_PLATE else mem_from_input(factor=2, floor=1000),
+        runtime=10 if RANK_WITHIN_PLATE else runtime_from_input(floor=10, per_gb=10),
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        "python -m cytoagg evaluate --profiles {input:q} --plate {wildcards.plate:q} --out {output:q} "
-        "--params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg evaluate --profiles {input:q} --out {output:q} --method {params.methods:q} "
+        "--plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"
 
 
 rule evaluate_sampling:
@@ -51,7 +50,7 @@ rule evaluate_sampling:
     output:
         f"{R}/sampling/{{plate}}.parquet",
     params:
-        settings=lambda w: settings(
+        settings=settings(
             sizes=SWEEP_SIZES,
             seeds=EVAL["sampling_seeds"],
             negcon_as_negatives=EVAL["negcon_as_negatives"],

@@ -34,7 +34,7 @@ rule toy_pack_cells:
         cells=f"{TOY}/{{run}}/cellstore/train.npy",
         wells=f"{TOY}/{{run}}/cellstore/train.wells.parquet",
     params:
-        settings=lambda w: settings(**ANNOTATION),
+        settings=settings(**ANNOTATION),
     log:
         f"{R}/logs/toy_pack_cells/{{run}}.log",
     benchmark:
@@ -60,7 +60,7 @@ rule toy_train:
         model=f"{TOY}/{{run}}/model.pt",
         history=f"{TOY}/{{run}}/training_log.csv",
     params:
-        settings=lambda w: settings(
+        settings=settings(
             train={k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")},
             **TOY_ANNOTATION,
         ),
@@ -87,7 +87,7 @@ rule toy_embed:
     output:
         f"{TOY}/{{run}}/profiles/model.parquet",
     params:
-        settings=lambda w: settings(embedding=config["train"]["embedding"], device=config["train"]["device"], **ANNOTATION),
+        settings=settings(embedding=config["train"]["embedding"], device=config["train"]["device"], **ANNOTATION),
     log:
         f"{R}/logs/toy_embed/{{run}}.log",
     benchmark:
@@ -110,7 +110,7 @@ rule toy_mean:
     output:
         f"{TOY}/{{run}}/profiles/mean.parquet",
     params:
-        settings=lambda w: settings(**ANNOTATION),
+        settings=settings(**ANNOTATION),
     log:
         f"{R}/logs/toy_mean/{{run}}.log",
     benchmark:
@@ -132,7 +132,7 @@ rule toy_evaluate:
     output:
         f"{TOY}/{{run}}/ap/{{method}}.parquet",
     params:
-        settings=lambda w: settings(**ANNOTATION),
+        settings=settings(**ANNOTATION),
     log:
         f"{R}/logs/toy_evaluate/{{run}}/{{method}}.log",
     benchmark:

@@ -4,25 +4,19 @@
 
 rule ingest:
     input:
-        raw=raw_plate,
-        platemap=plate_platemap,
+        raw=RAW_PLATE,
+        platemap=PLATEMAP,
     output:
         f"{R}/ingested/{{plate}}.parquet",
     params:
-        settings=lambda w, input: settings(
-            format="sqlite" if SYNTHETIC else config["dataset"]["format"],
-            platemap=input.platemap[0] if input.platemap else None,
-            plate_col=MD["plate"],
-            well_col=MD["well"],
-            compartments=config["dataset"]["compartments"],
-            features=config["dataset"]["features"],
-            blocklist=config["dataset"]["blocklist"],
-        ),
+        # a constant where every plate has the same platemap, else a function of the wildcards alone
+        # (Snakemake leaves params that take `input` out of its rerun trigger)
+        settings=ingest_settings(PLATEMAP) if isinstance(PLATEMAP, list) else lambda w: ingest_settings(plate_platemap(w)),
     log:
         f"{R}/logs/ingest/{{plate}}.log",
     benchmark:
         f"{R}/benchmarks/ingest/{{plate}}.tsv"
-    threads: 1
+    threads: 2  # SQLite: reader processes; Snakemake lowers it to --cores where fewer
     resources:
         mem_mb=1500,  # streams the source in chunks: bounded whatever the plate's size
         runtime=runtime_from_input(floor=15, per_gb=10),
@@ -30,4 +24,4 @@ rule ingest:
         f"{ENVS}/tables.yaml"
     shell:
         "python -m cytoagg ingest --source {input.raw:q} --out {output:q} --plate {wildcards.plate:q} "
-        "--params {params.settings:q} 2> {log:q}"
+        "--threads {threads} --params {params.settings:q} 2> {log:q}"

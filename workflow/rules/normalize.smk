@@ -8,19 +8,19 @@ rule normalize:
     output:
         f"{R}/normalized/{{plate}}.parquet",
     params:
-        settings=lambda w: settings(well_col=MD["well"], **config["normalize"]),
+        settings=settings(well_col=MD["well"], **config["normalize"]),
     log:
         f"{R}/logs/normalize/{{plate}}.log",
     benchmark:
         f"{R}/benchmarks/normalize/{{plate}}.tsv"
-    threads: 1
+    threads: 2  # per-column statistics and the Parquet writer; Snakemake lowers it to --cores where fewer
     resources:
-        mem_mb=lambda w: config["normalize"]["memory_mb"] + 1000,  # streams in tiles within normalize.memory_mb
+        mem_mb=config["normalize"]["memory_mb"] + 1000,  # streams in tiles within normalize.memory_mb
         runtime=runtime_from_input(floor=15, per_gb=10),
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        "python -m cytoagg normalize --src {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg normalize --src {input:q} --out {output:q} --threads {threads} --params {params.settings:q} 2> {log:q}"
 
 
 rule select_features:
@@ -29,7 +29,7 @@ rule select_features:
     output:
         f"{R}/features.txt",
     params:
-        settings=lambda w: settings(
+        settings=settings(
             blocklist=config["dataset"]["blocklist"] or None, **config["feature_select"]
         ),
     log:

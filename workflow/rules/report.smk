@@ -32,7 +32,7 @@ rule summarize:
         ),
     params:
         methods=AP_METHODS,
-        settings=lambda w: settings(
+        settings=settings(
             null_size=EVAL["null_size"],
             threshold=EVAL["significance_threshold"],
             seed=EVAL["seed"],
@@ -79,7 +79,7 @@ rule plot_pr_curves:
         report(f"{R}/plots/pr_curves.png", caption="../report/pr_curves.rst", category="Evaluation"),
     params:
         methods=METHODS,
-        settings=lambda w: settings(
+        settings=settings(
             plate=DIAGNOSTIC_PLATES[0],
             group_column=EVAL["pr_curve_column"],
             negcon_as_negatives=EVAL["negcon_as_negatives"],
@@ -152,7 +152,7 @@ rule effective_rank:
         spectra=f"{R}/tables/effective_rank_spectra.csv",
     params:
         plates=DIAGNOSTIC_PLATES,
-        settings=lambda w: settings(device=TORCH_SIDE_DEVICE, **ANNOTATION),
+        settings=settings(device=TORCH_SIDE_DEVICE, **ANNOTATION),
     log:
         f"{R}/logs/effective_rank.log",
     benchmark:
@@ -196,7 +196,7 @@ rule summarize_sampling:
         csv=report(f"{R}/tables/map_vs_cells.csv", caption="../report/map_vs_cells_table.rst", category="Sampling"),
         md=f"{R}/tables/map_vs_cells.md",
     params:
-        settings=lambda w: settings(**SPLIT_SETTINGS),
+        settings=settings(**SPLIT_SETTINGS),
     log:
         f"{R}/logs/summarize_sampling.log",
     benchmark:

@@ -5,7 +5,7 @@ rule synthetic_plate:
     output:
         f"{R}/synthetic/plates/{{plate}}.sqlite",
     params:
-        settings=lambda w: settings(**config["synthetic"]),
+        settings=settings(**config["synthetic"]),
     log:
         f"{R}/logs/synthetic_plate/{{plate}}.log",
     benchmark:
@@ -24,7 +24,7 @@ rule synthetic_platemap:
     output:
         f"{R}/synthetic/platemap/synthetic_platemap.txt",
     params:
-        settings=lambda w: settings(**config["synthetic"]),
+        settings=settings(**config["synthetic"]),
     log:
         f"{R}/logs/synthetic_platemap.log",
     benchmark:

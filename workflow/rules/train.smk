@@ -15,7 +15,7 @@ rule pack_cells:
         cells=f"{R}/cellstore/{{plate}}.npy",
         wells=f"{R}/cellstore/{{plate}}.wells.parquet",
     params:
-        settings=lambda w: settings(**ANNOTATION),
+        settings=settings(**ANNOTATION),
     log:
         f"{R}/logs/pack_cells/{{plate}}.log",
     benchmark:
@@ -46,7 +46,7 @@ rule train:
         ),
     params:
         plates=TRAIN_PLATES,
-        settings=lambda w: settings(
+        settings=settings(
             train={k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")},
             validation_compounds=config["compounds"]["validation"],
             split_seed=config["compounds"]["seed"],
@@ -61,7 +61,7 @@ rule train:
     resources:
         mem_mb=mem_from_input(factor=2, floor=2000),  # cell stores are memory-mapped
         runtime=lambda w, attempt: 240 * attempt,  # set by epochs, model size and device more than by input
-        gpu=1 if use_gpu() else 0,
+        **GPU,
     conda:
         f"{ENVS}/torch.yaml"
     shell:
