@@ -180,3 +180,32 @@ def test_checkpoint_trained_on_another_normalization_is_refused(tmp_path, tiny_p
         embed_plate(paths["P3"], out, tmp_path / "o.parquet", normalization={"method": "mad_robustize"}, **kw)
     embed_plate(paths["P3"], out, tmp_path / "o.parquet", normalization={"method": "standardize"}, **kw)
     assert (tmp_path / "o.parquet").exists()
+
+
+def test_one_trainer_at_a_time_per_model_folder(tmp_path, caplog):
+    """A second holder of the training lock waits until the first lets go, and says why it waits."""
+    import threading
+    import time
+
+    from cytoagg.io import exclusive_lock
+
+    lock = tmp_path / "model" / ".train.lock"
+    events = []
+    first_in = threading.Event()
+
+    def first():
+        with exclusive_lock(lock):
+            first_in.set()
+            time.sleep(0.5)
+            events.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_in.wait()
+    with exclusive_lock(lock):  # another open file description: blocks like another process would
+        events.append("second in")
+    t.join()
+    assert events == ["first done", "second in"]
+    assert "held by another process" in caplog.text
+    with exclusive_lock(lock):  # released: no wait, no warning
+        pass

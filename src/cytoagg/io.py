@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -43,6 +45,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, log: logging.Logger | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs; wait for a holder.
+
+    For steps that keep state between runs (training's resume state): when snakemake itself is killed,
+    its running job lives on, and a rerun must not work on the same files at the same time. The
+    kernel releases the lock when its holder exits, killed or not, so a stale lock file never blocks.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            (log or logging.getLogger("cytoagg")).warning(
+                "%s is held by another process (pid %s), e.g. a job left running when snakemake was killed; "
+                "waiting for it to end", path, holder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from . import __version__
 from .cells import PlateCells, open_cell_store
-from .io import InputError, atomic_path, write_table
+from .io import InputError, atomic_path, exclusive_lock, write_table
 from .loss import LOSSES
 from .metrics import average_precision
 from .model import DeepSets, ModelSpec, pick_device
@@ -205,7 +205,18 @@ def model_from_checkpoint(payload: dict, device) -> DeepSets:
     return model.to(device).eval()
 
 
-def train_model(
+def train_model(stores: dict[str, tuple[str, str]], features: list[str], out_model, out_log, **kwargs) -> dict:
+    """Train on the training plates' cell stores (plate -> (cells .npy, wells index)); write the best checkpoint.
+
+    One trainer at a time per model folder (a lock file beside the resume state): a rerun started while
+    an orphaned trainer still runs waits for it, then resumes from the state it left (or starts over,
+    if it finished).
+    """
+    with exclusive_lock(Path(out_model).with_name(".train.lock"), log):
+        return _train_model(stores, features, out_model, out_log, **kwargs)
+
+
+def _train_model(
     stores: dict[str, tuple[str, str]],
     features: list[str],
     out_model: str | os.PathLike,
@@ -217,7 +228,6 @@ def train_model(
     threads: int = 1,
     resume: bool = True,
 ) -> dict:
-    """Train on the training plates' cell stores (plate -> (cells .npy, wells index)); write the best checkpoint."""
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings.device)
     log.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(stores), len(features))
