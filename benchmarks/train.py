@@ -184,7 +184,7 @@ def main() -> None:
     from types import SimpleNamespace
 
     from cytoagg.sampling import SetSizeSchedule
-    from cytoagg.train import _run_epoch
+    from cytoagg.train import _run_epoch, resident_cells
 
     fixed = SetSizeSchedule(args.cells, 0.0, 2)
     loop = SimpleNamespace(batch_compounds=18)
@@ -192,7 +192,10 @@ def main() -> None:
     with ThreadPoolExecutor(1) as pool:
         sync(device)
         t = time.perf_counter()
-        losses, waited = _run_epoch(model, opt, supcon_loss, {}, one_plate, [_Limited(sampler, args.steps)], fixed, loop, rng, device, pool)
+        resident = resident_cells(one_plate, device)  # on CUDA: cells held on the GPU, gathered there
+        losses, waited = _run_epoch(
+            model, opt, supcon_loss, {}, one_plate, [_Limited(sampler, args.steps)], fixed, loop, rng, device, pool, resident
+        )
         sync(device)
         loop_step = (time.perf_counter() - t) / len(losses)
         loop_wait = waited / len(losses)

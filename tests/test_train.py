@@ -209,3 +209,31 @@ def test_one_trainer_at_a_time_per_model_folder(tmp_path, caplog):
     assert "held by another process" in caplog.text
     with exclusive_lock(lock):  # released: no wait, no warning
         pass
+
+
+def test_device_resident_cells_give_the_same_epoch(tmp_path):
+    """Batches gathered from cells held as a tensor (the GPU path, here on the CPU) equal the host path's."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from cytoagg.cells import PlateCells
+    from cytoagg.loss import supcon_loss
+    from cytoagg.model import DeepSets, ModelSpec
+    from cytoagg.sampling import SetSampler, SetSizeSchedule
+    from cytoagg.train import _run_epoch
+
+    rng = np.random.default_rng(0)
+    wells = np.repeat([f"W{i:02d}" for i in range(24)], 30)
+    compounds = np.repeat([f"C{i}" for i in range(6)], 4 * 30)
+    plates = [PlateCells.from_cells(f"P{j}", rng.standard_normal((len(wells), 7)).astype(np.float32), wells, compounds) for j in (1, 2)]
+    samplers = [SetSampler(p, [f"C{i}" for i in range(6)], n_views=4) for p in plates]
+    losses = []
+    for resident in (None, [torch.from_numpy(p.x) for p in plates]):
+        torch.manual_seed(0)
+        model = DeepSets(ModelSpec(n_features=7, cell_hidden=16, head_hidden=8, out_dim=8))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        with ThreadPoolExecutor(1) as pool:
+            got, _ = _run_epoch(model, opt, supcon_loss, {}, plates, samplers, SetSizeSchedule(20, 6, 4),
+                                SimpleNamespace(batch_compounds=3), np.random.default_rng(1), torch.device("cpu"), pool, resident)
+        losses.append(got)
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
