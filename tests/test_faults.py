@@ -283,7 +283,13 @@ def test_snakemake_killed_alone_mid_training_the_rerun_waits_for_the_orphan_trai
     unlock(wd)
     rerun = Run(wd, "--rerun-incomplete")
     train_log = results / "logs" / "train.log"
-    rerun.wait_until(lambda: "held by another process" in train_log.read_text(errors="replace"), "the rerun's trainer to wait")
+    def rerun_trainer_waiting():
+        try:  # the rerun replaces the old job's log before its trainer starts
+            return "held by another process" in train_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    rerun.wait_until(rerun_trainer_waiting, "the rerun's trainer to wait")
     run.thaw()
     rerun.finish()
     end = time.monotonic() + 60
