@@ -43,12 +43,20 @@ from .columns import (
     metadata_columns,
     normalize_well,
 )
-from .io import InputError, atomic_path, profile_schema, to_arrow
+from .io import (
+    PARQUET_MAGIC,
+    InputError,
+    atomic_path,
+    cell_writer,
+    check_parquet_file,
+    profile_schema,
+    rows_per_group,
+    to_arrow,
+)
 from .platemap import load_platemap
 
 FORMATS = ("sqlite", "cp_csv", "parquet", "csv")
 SQLITE_MAGIC = b"SQLite format 3\x00"
-PARQUET_MAGIC = b"PAR1"
 IMAGE_NUMBER = "ImageNumber"
 OBJECT_NUMBER = "Metadata_ObjectNumber"
 IMAGE_NUMBER_META = "Metadata_ImageNumber"
@@ -97,20 +105,6 @@ def check_sqlite_file(path: Path) -> None:
         )
 
 
-def check_parquet_file(path: Path) -> None:
-    """A Parquet file starts and ends with ``PAR1``; a missing footer means a truncated copy."""
-    if not path.is_file() or path.stat().st_size < 12:
-        raise InputError(f"{path}: not a Parquet file")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        fh.seek(-4, os.SEEK_END)
-        tail = fh.read(4)
-    if head != PARQUET_MAGIC:
-        raise InputError(f"{path}: not a Parquet file")
-    if tail != PARQUET_MAGIC:
-        raise InputError(f"{path}: truncated Parquet file (no footer)")
-
-
 def check_csv_complete(path: Path) -> None:
     """A CSV cut off mid-row (a copy that stopped early) is an InputError: pandas would read the last row short,
     with NaN. Checked on plain (not compressed) files: the last line must end the file or have all its fields."""
@@ -129,39 +123,6 @@ def check_csv_complete(path: Path) -> None:
         raise InputError(f"{path}: truncated CSV (the last row has {fields(last)} of {fields(header.rstrip())} fields)")
 
 
-def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
-    """A Parquet file opened for reading; not Parquet, truncated or unreadable is an InputError naming it.
-
-    Column chunks are read as needed (no pre-buffering of a whole row group's raw bytes: half the memory,
-    same speed on local disks).
-    """
-    path = Path(path)
-    check_parquet_file(path)
-    try:
-        return pq.ParquetFile(path, pre_buffer=False)
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
-
-
-ROW_GROUP_VALUES = 2**26  # feature values per row group at most (256 MB of float32): what ingest buffers, normalize reads at once
-
-
-def rows_per_group(n_features: int, chunk_rows: int) -> int:
-    """Rows per written row group: ``chunk_rows``, fewer for wide plates (row groups stay <= 256 MB)."""
-    return max(1, min(int(chunk_rows), ROW_GROUP_VALUES // max(n_features, 1)))
-
-
-def cell_writer(path: str | os.PathLike, schema: pa.Schema) -> pq.ParquetWriter:
-    """The writer of every per-cell Parquet (ingest, normalize): features plain and uncompressed, ``Metadata_*``
-    dictionary-encoded and snappy-compressed.
-
-    Float features rarely repeat and hardly compress (snappy saves 1-8% on real and synthetic plates):
-    pyarrow's defaults, trying a dictionary on every column and compressing every page, cost most of
-    the time of writing and reading them (benchmarks/normalize.md).
-    """
-    metadata = [f.name for f in schema if is_metadata(f.name)]
-    compression = {f.name: "snappy" if is_metadata(f.name) else "none" for f in schema}
-    return pq.ParquetWriter(path, schema, use_dictionary=metadata, compression=compression)
 
 
 # ---------------------------------------------------------------- shared helpers

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 import scipy.sparse
 
 from .columns import feature_columns, is_metadata, metadata_columns
-from .ingest import cell_writer, open_parquet
+from .io import cell_writer, open_parquet
 from .io import InputError, atomic_path
 
 _LOG = logging.getLogger(__name__)
