@@ -28,7 +28,7 @@ import torch
 from cytoagg.cells import PlateCells
 from cytoagg.loss import supcon_loss
 from cytoagg.model import DeepSets, ModelSpec, pick_device
-from cytoagg.sampling import BatchGatherer, SetSampler
+from cytoagg.sampling import BatchGatherer, SetSampler, cells_tensor
 
 
 def sync(device):
@@ -166,9 +166,12 @@ def main() -> None:
 
     gatherer = BatchGatherer(pin=device.type == "cuda")
 
+    cells = cells_tensor(plate.x)
+
     def cytoagg_batch(compounds):
         idx, labels = sampler.sample(compounds, args.cells, rng)
-        return BatchGatherer.gather(plate.x, idx, gatherer.next_buffer(idx.size * args.features)), labels
+        _, buffer = gatherer.next_buffer(idx.size * args.features)
+        return BatchGatherer.gather(cells, idx, buffer), labels
 
     ceil_before = ceiling(72 * args.cells, args.features, model.spec.cell_hidden, device)
     times = time_phases(model, opt, cytoagg_batch, model, batches, args.steps, device)

@@ -295,3 +295,5 @@ def test_cli_evaluates_several_methods_in_one_call(tmp_path, caplog):
         pd.testing.assert_frame_equal(pd.read_parquet(out), alone)
     assert main(["evaluate", "--profiles", *map(str, profiles[:3]), "--out", *map(str, outs), "--params", params]) == 2
     assert "3 --profiles files do not split evenly over 2 --out" in caplog.text
+    assert main(["evaluate", "--profiles", *map(str, profiles), "--out", *map(str, outs), "--method", "model", "--params", params]) == 2
+    assert "1 --method names for 2 --out files" in caplog.text

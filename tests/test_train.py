@@ -237,3 +237,19 @@ def test_device_resident_cells_give_the_same_epoch(tmp_path):
                                 SimpleNamespace(batch_compounds=3), np.random.default_rng(1), torch.device("cpu"), pool, resident)
         losses.append(got)
     assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_lock_on_a_file_system_without_flock_goes_on_unlocked(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from cytoagg.io import exclusive_lock
+
+    def no_flock(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    ran = []
+    with exclusive_lock(tmp_path / ".train.lock"):
+        ran.append(True)
+    assert ran and "cannot lock on this file system" in caplog.text

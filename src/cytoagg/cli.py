@@ -162,12 +162,11 @@ def cmd_evaluate(args, p):
     from .evaluate import evaluate_plate
 
     per_out, rest = divmod(len(args.profiles), len(args.out))
+    if rest or not per_out:
+        raise InputError(f"evaluate: {len(args.profiles)} --profiles files do not split evenly over {len(args.out)} --out files")
     methods = args.method or [None] * len(args.out)
-    if rest or not per_out or len(methods) != len(args.out):
-        raise InputError(
-            f"evaluate: {len(args.profiles)} --profiles files do not split evenly over {len(args.out)} --out files"
-            + ("" if len(methods) == len(args.out) else f" (and {len(methods)} --method names)")
-        )
+    if len(methods) != len(args.out):
+        raise InputError(f"evaluate: {len(methods)} --method names for {len(args.out)} --out files")
     for k, (method, out) in enumerate(zip(methods, args.out)):
         if method:
             log.info("evaluating %s", method)

@@ -57,16 +57,20 @@ def exclusive_lock(path: str | os.PathLike, log: logging.Logger | None = None) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    log = log or logging.getLogger("cytoagg")
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
-            (log or logging.getLogger("cytoagg")).warning(
-                "%s is held by another process (pid %s), e.g. a job left running when snakemake was killed; "
-                "waiting for it to end", path, holder)
+            log.warning("%s is held by another process (pid %s), e.g. a job left running when snakemake was killed; "
+                        "waiting for it to end", path, holder)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without flock (some NFS or Lustre mounts): run unlocked
+            log.warning("%s: cannot lock on this file system (%s); going on without the lock", path, e)
+            yield
+            return
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

@@ -72,33 +72,54 @@ class SetSampler:
         return self.starts[well] + offset, labels
 
 
+def cells_tensor(x: np.ndarray) -> torch.Tensor:
+    """A plate's cells (float32, a read-only memory map too) as a tensor sharing their memory, for gathering.
+
+    Call it in the main thread: it silences torch's warning about read-only arrays (only read here),
+    and warning filters are process-wide.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+
 class BatchGatherer:
-    """Copies a batch's cells (``x[idx]``) into one of two reused buffers, alternating.
+    """Copies a batch's cells (``cells[idx]``) into one of two reused buffers, alternating.
 
     Two: the step computing reads one while the next step's cells are gathered into the other (a
     prefetching thread). Reuse matters: a fresh 400 MB array per step costs more in page faults than
-    the copy itself. Buffers grow to the largest batch seen. ``pin``: page-locked, for copies to a GPU.
+    the copy itself. Buffers grow to the largest batch seen. ``pin``: page-locked, for copies to a GPU;
+    then call :meth:`copied` after a buffer's copy is queued, so that the buffer is not refilled before
+    that copy has run.
     """
 
     def __init__(self, pin: bool = False):
         self.pin = pin
         self._buffers: list[torch.Tensor | None] = [None, None]
+        self._copies: list = [None, None]
         self._turn = 0
 
-    def next_buffer(self, n_values: int) -> torch.Tensor:
-        """Claim the buffer for the next batch; call in submission order (the main thread)."""
+    def next_buffer(self, n_values: int) -> tuple[int, torch.Tensor]:
+        """Claim the next buffer (its slot and a view of ``n_values``); call in submission order (the main thread)."""
         k, self._turn = self._turn, 1 - self._turn
+        if self._copies[k] is not None:  # its last batch's copy to the GPU must be done before it is refilled
+            self._copies[k].synchronize()
+            self._copies[k] = None
         buf = self._buffers[k]
         if buf is None or buf.numel() < n_values:
             buf = self._buffers[k] = torch.empty(n_values, dtype=torch.float32, pin_memory=self.pin)
-        return buf[:n_values]
+        return k, buf[:n_values]
+
+    def copied(self, slot: int) -> None:
+        """An asynchronous copy out of buffer ``slot`` has just been queued (CUDA): remember when it is done."""
+        if self.pin and torch.cuda.is_available():
+            event = torch.cuda.Event()
+            event.record()
+            self._copies[slot] = event
 
     @staticmethod
-    def gather(x: np.ndarray, idx: np.ndarray, buffer: torch.Tensor) -> torch.Tensor:
-        """(n_sets, n_cells) indices into ``x`` (cells x features, float32, a memory map too) -> (n_sets, n_cells, features)."""
-        with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
-            warnings.simplefilter("ignore", UserWarning)
-            src = torch.from_numpy(np.asarray(x, dtype=np.float32))
-        out = buffer.view(idx.size, x.shape[1])
-        torch.index_select(src, 0, torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64).ravel()), out=out)
-        return out.view(*idx.shape, x.shape[1])
+    def gather(cells: torch.Tensor, idx: np.ndarray, buffer: torch.Tensor) -> torch.Tensor:
+        """(n_sets, n_cells) indices into ``cells`` (cells x features, see :func:`cells_tensor`) -> (n_sets, n_cells, features)."""
+        out = buffer.view(idx.size, cells.shape[1])
+        torch.index_select(cells, 0, torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64).ravel()), out=out)
+        return out.view(*idx.shape, cells.shape[1])

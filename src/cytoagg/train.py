@@ -27,7 +27,7 @@ from .io import InputError, atomic_path, exclusive_lock, write_table
 from .loss import LOSSES
 from .metrics import average_precision
 from .model import DeepSets, ModelSpec, pick_device
-from .sampling import BatchGatherer, SetSampler, SetSizeSchedule
+from .sampling import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
 from .splits import split_compounds
 
 log = logging.getLogger(__name__)
@@ -142,22 +142,27 @@ def _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, setting
     batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
     order = rng.permutation(len(batches))
     gatherer = BatchGatherer(pin=device.type == "cuda")
+    sources = [cells_tensor(p.x) for p in plates] if resident is None else resident
 
     def plan(j):
         k, compound_idx = batches[j]
         idx, labels = samplers[k].sample(compound_idx, schedule.draw(rng), rng)
         if resident is not None:
             rows = torch.from_numpy(idx.ravel()).to(device, non_blocking=True)
-            return labels, torch.index_select(resident[k], 0, rows).view(*idx.shape, -1)
-        buffer = gatherer.next_buffer(idx.size * plates[k].x.shape[1])
-        return labels, pool.submit(BatchGatherer.gather, plates[k].x, idx, buffer)
+            return labels, None, torch.index_select(resident[k], 0, rows).view(*idx.shape, -1)
+        slot, buffer = gatherer.next_buffer(idx.size * plates[k].x.shape[1])
+        return labels, slot, pool.submit(BatchGatherer.gather, sources[k], idx, buffer)
 
     losses, waited = [], 0.0
     pending = plan(order[0]) if len(order) else None
     for pos in range(len(order)):
-        labels, batch = pending
+        labels, slot, batch = pending
         t = time.perf_counter()
-        x = batch if resident is not None else batch.result().to(device, non_blocking=True)
+        if resident is not None:
+            x = batch
+        else:
+            x = batch.result().to(device, non_blocking=True)
+            gatherer.copied(slot)
         waited += time.perf_counter() - t
         pending = plan(order[pos + 1]) if pos + 1 < len(order) else None
         with _autocast(device):
@@ -185,7 +190,7 @@ def resident_cells(plates, device, share: float = 0.5) -> list[torch.Tensor] | N
         log.info("cells (%.1f GB) do not fit in %.0f%% of free GPU memory: gathered on the host", need / 1e9, 100 * share)
         return None
     log.info("cells (%.1f GB) held on %s: batches gathered on the device", need / 1e9, device)
-    return [torch.from_numpy(np.ascontiguousarray(p.x, dtype=np.float32)).to(device) for p in plates]
+    return [cells_tensor(p.x).to(device) for p in plates]
 
 
 def _autocast(device):

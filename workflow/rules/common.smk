@@ -64,11 +64,12 @@ def settings(**values):
     jobs plan faster; benchmarks/dag.md).
 
     The package version rides along, so upgrading cytoagg shows results as outdated (--list-changes params).
-    Snakemake fills ``{name}`` in constant params with wildcards: such a brace (only possible inside a JSON
-    string) is written as the JSON escape \\u007b, which the CLI reads back as "{".
+    Snakemake fills ``{name}`` in constant params with wildcards, so every brace inside a JSON string is
+    written as the JSON escape \\u007b, which the CLI reads back as "{". (JSON's own braces open an object,
+    always followed by a quote or a closing brace; no other brace is.)
     """
     text = json.dumps({"cytoagg_version": cytoagg.__version__, **values}, sort_keys=True)
-    return re.sub(r"\{(?=\s*\w)", r"\\u007b", text)
+    return re.sub(r'\{(?!["}])', r"\\u007b", text)
 
 
 ANNOTATION = dict(
