@@ -18,7 +18,7 @@ psutil (``pip install psutil``). Results go to ``benchmarks/normalize.md``.
 The tools (``run TOOL``, one process each, same input):
 
 - ``floor``: ``pq.read_table`` + ``pq.write_table`` with pyarrow's defaults: the least any read-all, write-all step costs;
-- ``floor_cytoagg_writer``: the same read, written with cytoagg's writer settings (``cytoagg.ingest.cell_writer``);
+- ``floor_cytoagg_writer``: the same read, written with cytoagg's writer settings (``cytoagg.io.cell_writer``);
 - ``cytoagg``: ``python -m cytoagg normalize`` exactly as the Snakemake rule calls it (mad_robustize, all cells,
   default ``memory_mb``);
 - ``pycytominer``: ``pd.read_parquet`` + ``pycytominer.normalize(method="mad_robustize", samples="all",

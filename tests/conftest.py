@@ -45,7 +45,8 @@ def tiny_plates(tmp_path_factory):
 def tiny_reference_run(tmp_path_factory):
     """The tiny config (tests/tiny_config.yaml) run to the end locally with --cores 2, in a copy of the
     workflow: the reference that the Slurm run (test_slurm.py) and the crash recoveries (test_faults.py)
-    must reproduce table for table. Do not modify it."""
+    must reproduce table for table, and the run test_workflow.py inspects. Do not modify it (test_workflow.py
+    adds report.html, which the copies of it leave out)."""
     from test_workflow import copy_workflow, snakemake
 
     wd = copy_workflow(tmp_path_factory.mktemp("reference"))

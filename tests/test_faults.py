@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from cytoagg.io import atomic_path
-from test_workflow import REPO, copy_workflow, planned_jobs, snakemake
+from test_workflow import REPO, assert_same_results, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -136,19 +136,6 @@ def visible_parquets_are_whole(results: Path) -> int:
     for p in files:
         pq.read_table(p)  # raises on a truncated or half-written file
     return len(files)
-
-
-def assert_same_results(wd: Path, reference: Path) -> None:
-    """Final tables byte for byte; every per-plate AP table value for value."""
-    ref, got = reference / "results", wd / "results"
-    tables = sorted(p.relative_to(ref) for p in (ref / "tables").iterdir())
-    assert tables
-    for rel in tables:
-        assert (got / rel).read_bytes() == (ref / rel).read_bytes(), f"{rel} differs from the uninterrupted run"
-    aps = sorted(p.relative_to(ref) for p in (ref / "ap").rglob("*.parquet"))
-    assert aps
-    for rel in aps:
-        pd.testing.assert_frame_equal(pd.read_parquet(got / rel), pd.read_parquet(ref / rel), check_exact=True)
 
 
 def unlock(wd: Path) -> None:

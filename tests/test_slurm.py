@@ -20,10 +20,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from test_workflow import copy_workflow, snakemake
+from test_workflow import assert_same_results, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -253,11 +252,4 @@ def test_gpu_jobs_asked_slurm_for_a_gpu(slurm_run):
 @pytest.mark.slurm
 def test_slurm_tables_equal_the_local_run(slurm_run, tiny_reference_run):
     wd, _ = slurm_run
-    ref = tiny_reference_run / "results"
-    tables = sorted(p.relative_to(ref) for p in (ref / "tables").iterdir())
-    assert tables
-    for rel in tables:
-        assert (wd / "results" / rel).read_bytes() == (ref / rel).read_bytes(), rel
-    for ap in sorted((ref / "ap").rglob("*.parquet")):
-        rel = ap.relative_to(ref)
-        pd.testing.assert_frame_equal(pd.read_parquet(wd / "results" / rel), pd.read_parquet(ap), check_exact=True)
+    assert_same_results(wd, tiny_reference_run)

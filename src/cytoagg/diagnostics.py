@@ -45,7 +45,7 @@ def effective_rank_tables(
 
     from .aggregate import aggregate_cells
     from .model import pick_device
-    from .train import embed_cells, load_checkpoint, model_from_checkpoint
+    from .train import load_checkpoint, model_from_checkpoint, pooled_and_head
 
     if not normalized:
         raise InputError("effective rank: no plate to profile")
@@ -58,8 +58,9 @@ def effective_rank_tables(
     profiles = {r: [] for r in REPRESENTATIONS}
     for plate, path in normalized.items():
         cells, _, _ = load_plate_cells(path, features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
-        profiles["pooled"].append(embed_cells(model, cells, dev, use_head=False))
-        profiles["head"].append(embed_cells(model, cells, dev, use_head=True))
+        pooled, head = pooled_and_head(model, cells, dev)
+        profiles["pooled"].append(pooled)
+        profiles["head"].append(head)
         if mean_features != features:
             cells, _, _ = load_plate_cells(path, mean_features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
         profiles["mean"].append(aggregate_cells(cells, mean_features, "mean").to_numpy())

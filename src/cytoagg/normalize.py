@@ -354,19 +354,6 @@ def _fit_columnwise(source, rows, method, epsilon) -> NormalizerParams:
     return NormalizerParams(method, kept, center[kept], scale[kept], None, n_fit)
 
 
-def columnwise_stats(x: np.ndarray, method: str, epsilon: float | None):
-    """Center, scale and usability of each column of the fit cells ``x`` (cells x features, NaN = missing).
-
-    Unusable: no finite value, a single distinct value, or zero spread (std, IQR or MAD).
-    """
-    x = np.asarray(x)
-    stats = [column_stats(np.array(x[:, j], dtype=_work_dtype(x.dtype)), method, epsilon) for j in range(x.shape[1])]
-    if not stats:
-        return np.zeros(0), np.ones(0), np.zeros(0, dtype=bool)
-    center, scale, usable = (np.array(s) for s in zip(*stats))
-    return center, scale, usable.astype(bool)
-
-
 def column_stats(values: np.ndarray, method: str, epsilon: float | None) -> tuple[float, float, bool]:
     """(center, scale, usable) of one feature over the fit cells; ``values`` (1-D) is sorted in place.
 
@@ -780,5 +767,5 @@ def _write_normalized(source: _ParquetSource, out, out_features, params, wells, 
 __all__ = [
     "METHODS", "SPHERIZE_METHODS", "DEFAULT_EPSILON", "PCA_COLUMN_PREFIX", "NormalizerParams",
     "check_method", "fit_normalizer", "apply_normalizer", "transform_kept", "transform_block", "center_wells",
-    "columnwise_stats", "column_stats", "spherize_rotation", "normalize_plate",
+    "column_stats", "spherize_rotation", "normalize_plate",
 ]

@@ -125,23 +125,32 @@ def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set
 
 def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = True) -> np.ndarray:
     """Profiles of every well of a plate from ALL its cells: (n_wells, dim) float32."""
+    pooled, head = pooled_and_head(model, plate, device)
+    return head if use_head else pooled
+
+
+def pooled_and_head(model: DeepSets, plate: PlateCells, device) -> tuple[np.ndarray, np.ndarray]:
+    """Every well's pooled features and head output, from ALL its cells (the cells go through the model once)."""
     with torch.no_grad(), _autocast(device):
         pooled = model.pool_wells(plate.x, plate.well_index, len(plate.wells))
-        out = model.project(pooled) if use_head else pooled
-    return out.float().cpu().numpy()
+        head = model.project(pooled)
+    return pooled.float().cpu().numpy(), head.float().cpu().numpy()
 
 
-def _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident=None) -> tuple[list, float]:
+def _run_epoch(
+    model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident=None, gatherer=None
+) -> tuple[list, float]:
     """One pass over every training plate's compounds; returns the step losses and the seconds spent waiting for data.
 
     The next step's cells are gathered in a worker thread while the current step computes. Random
     draws happen in the main thread, in the same order as without prefetching, so a seed gives the
     same run either way. ``resident``: each plate's cells as a tensor on ``device`` (see
-    :func:`resident_cells`); batches are then gathered there, with no host copy per step.
+    :func:`resident_cells`); batches are then gathered there, with no host copy per step. ``gatherer``:
+    the host path's buffers, kept from one epoch to the next (made here if not given).
     """
     batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
     order = rng.permutation(len(batches))
-    gatherer = BatchGatherer(pin=device.type == "cuda")
+    gatherer = gatherer or BatchGatherer(pin=device.type == "cuda")
     sources = [cells_tensor(p.x) for p in plates] if resident is None else resident
 
     def plan(j):
@@ -318,9 +327,10 @@ def _train_model(
     bar = tqdm(range(start_epoch, settings.epochs), desc="train", mininterval=5.0, initial=start_epoch, total=settings.epochs)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cytoagg-sampler")
     resident = resident_cells(plates, device)
+    gatherer = BatchGatherer(pin=device.type == "cuda")
     for epoch in bar:
         t0 = time.perf_counter()
-        losses, waited = _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident)
+        losses, waited = _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer)
         row = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else float("nan"),

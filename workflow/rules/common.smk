@@ -81,15 +81,19 @@ ANNOTATION = dict(
 )
 
 
+# How compounds are split into training and validation ones (train, the tables, the PR curves).
+COMPOUND_SPLIT = dict(validation_compounds=config["compounds"]["validation"], split_seed=config["compounds"]["seed"])
+# What training depends on, of the train: section (threads, a given checkpoint and the embedding do not).
+TRAIN_SETTINGS = {k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")}
+
+
 def raw_plate(wildcards):
-    if SYNTHETIC:
-        return f"{R}/synthetic/plates/{wildcards.plate}.sqlite"
+    """A user's plate file, where dataset.path has braces besides {plate} (see RAW_PLATE)."""
     return config["dataset"]["path"].format(plate=wildcards.plate)
 
 
 def plate_platemap(wildcards):
-    if SYNTHETIC:
-        return [f"{R}/synthetic/platemap/synthetic_platemap.txt"]
+    """A user's plate's own platemap (barcode_platemap), or none (see PLATEMAP)."""
     return [PLATEMAPS[wildcards.plate]] if PLATEMAPS.get(wildcards.plate) else []
 
 

@@ -61,7 +61,7 @@ rule toy_train:
         history=f"{TOY}/{{run}}/training_log.csv",
     params:
         settings=settings(
-            train={k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")},
+            train=TRAIN_SETTINGS,
             **TOY_ANNOTATION,
         ),
     log:

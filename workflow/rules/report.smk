@@ -6,8 +6,7 @@ AP_METHODS = [m for m in METHODS for p in PLATES]
 DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
 SPLIT_SETTINGS = dict(
     plate_split={**{p: "train" for p in TRAIN_PLATES}, **{p: "validation" for p in VALIDATION_PLATES}},
-    validation_compounds=config["compounds"]["validation"],
-    split_seed=config["compounds"]["seed"],
+    **COMPOUND_SPLIT,
 )
 
 
@@ -83,8 +82,7 @@ rule plot_pr_curves:
             plate=DIAGNOSTIC_PLATES[0],
             group_column=EVAL["pr_curve_column"],
             negcon_as_negatives=EVAL["negcon_as_negatives"],
-            validation_compounds=config["compounds"]["validation"],
-            split_seed=config["compounds"]["seed"],
+            **COMPOUND_SPLIT,
             **ANNOTATION,
         ),
     log:

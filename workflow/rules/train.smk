@@ -47,9 +47,8 @@ rule train:
     params:
         plates=TRAIN_PLATES,
         settings=settings(
-            train={k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")},
-            validation_compounds=config["compounds"]["validation"],
-            split_seed=config["compounds"]["seed"],
+            train=TRAIN_SETTINGS,
+            **COMPOUND_SPLIT,
             normalization=NORMALIZATION,
             **ANNOTATION,
         ),
