@@ -119,6 +119,13 @@ def _read_all(paths) -> tuple[pd.DataFrame, np.ndarray, str]:
     return pd.concat(metas, ignore_index=True), np.concatenate(xs), label
 
 
+def negcon_mask(meta: pd.DataFrame, negcon_col: str, negcon_value) -> np.ndarray:
+    """The negative-control wells: ``negcon_col`` equal to ``negcon_value`` as text; none if the value is None."""
+    if negcon_value is None:
+        return np.zeros(len(meta), dtype=bool)
+    return (meta[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+
+
 def evaluate_plate(
     profiles_path,
     out: str | os.PathLike,
@@ -170,10 +177,7 @@ def evaluate_plate(
         raise InputError(f"{name}: no wells")
     _check_profiles(name, meta, x, plate_col, well_col, perturbation_col)
 
-    if negcon_value is None:
-        negcon = np.zeros(len(meta), dtype=bool)
-    else:
-        negcon = (meta[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+    negcon = negcon_mask(meta, negcon_col, negcon_value)
     plates = meta[plate_col].astype("string").to_numpy(dtype=object)
     if query_plates is None:
         is_query = np.ones(len(meta), dtype=bool)
@@ -270,10 +274,7 @@ def pr_curves(
     _require_columns(profiles[first], meta, {"perturbation": perturbation_col, "well": well_col})
     wells = meta[well_col].astype(str).to_numpy()
     negcon_col = negcon_col or perturbation_col
-    if negcon_value is None or negcon_col not in meta.columns:
-        negcon = np.zeros(len(meta), dtype=bool)
-    else:
-        negcon = (meta[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+    negcon = negcon_mask(meta, negcon_col, negcon_value if negcon_col in meta.columns else None)
     labels = meta[perturbation_col].to_numpy(dtype=object)
     if group_col and group_col in meta.columns and meta.loc[~negcon, group_col].notna().any():
         groups = meta[group_col].astype("string").fillna("(none)").to_numpy(dtype=object)

@@ -47,6 +47,7 @@ from .io import (
     PARQUET_MAGIC,
     InputError,
     atomic_path,
+    available_cpus,
     cell_writer,
     check_parquet_file,
     profile_schema,
@@ -891,11 +892,7 @@ def _pandas_batches(src, read_metadata, columns, kept, chunk_rows, plate, plate_
 
 def _workers(workers) -> int:
     if workers is None:
-        try:
-            workers = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            workers = os.cpu_count() or 1
-        return max(1, min(workers, 8))
+        return min(available_cpus(), 8)
     if int(workers) < 1:
         raise InputError(f"workers must be at least 1, got {workers!r}")
     return int(workers)

@@ -47,6 +47,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as Slurm and taskset set it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike, log: logging.Logger | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while the block runs; wait for a holder.

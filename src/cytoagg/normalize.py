@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 import warnings
@@ -54,8 +53,7 @@ import pyarrow.parquet as pq
 import scipy.sparse
 
 from .columns import feature_columns, is_metadata, metadata_columns
-from .io import cell_writer, open_parquet
-from .io import InputError, atomic_path
+from .io import InputError, atomic_path, available_cpus, cell_writer, open_parquet
 
 _LOG = logging.getLogger(__name__)
 
@@ -581,14 +579,6 @@ def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "
              ", well-centered" if well_center else "", params.n_fit, summary["n_cells"], len(features),
              params.n_out, summary["n_column_batches"], summary["n_row_batches"])
     return summary
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, as Slurm and taskset set it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _output_names(features: list[str], params: NormalizerParams) -> list[str]:

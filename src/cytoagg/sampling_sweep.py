@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .cells import PlateCells, load_plate_cells
-from .evaluate import _retrieval
+from .evaluate import _retrieval, negcon_mask
 from .io import InputError, write_table
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,7 @@ def nested_samples(cells: PlateCells, sizes, seed: int) -> dict[int, PlateCells]
 
 
 def _score(profiles: np.ndarray, wells: pd.DataFrame, perturbation_col, negcon_col, negcon_value, negcon_as_negatives):
-    if negcon_value is None:
-        negcon = np.zeros(len(wells), dtype=bool)
-    else:
-        negcon = (wells[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+    negcon = negcon_mask(wells, negcon_col, negcon_value)
     ap = _retrieval(
         profiles, wells[perturbation_col].to_numpy(dtype=object), negcon=negcon,
         negcon_as_negatives=negcon_as_negatives, queries=np.ones(len(wells), dtype=bool),
