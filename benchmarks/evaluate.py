@@ -38,7 +38,7 @@ def profiles(n: int, d: int, seed: int = 0):
 def worker(tool: str, n: int, d: int, out: Path) -> None:
     x, labels = profiles(n, d)
     if tool.startswith("cytoagg"):
-        from cytoagg.metrics import average_precision
+        from cytoagg.evaluate.average_precision import average_precision
 
         precision = "float64" if tool == "cytoagg-float64" else "auto"
         t0 = time.perf_counter()

@@ -320,7 +320,7 @@ def check(src: Path, ours: Path) -> str:
     """cytoagg's file against the plain join: cells, values, metadata, no bookkeeping column as a feature."""
     import pyarrow.parquet as pq
 
-    from cytoagg.columns import is_bookkeeping
+    from cytoagg.io.columns import is_bookkeeping
 
     schema = pq.read_schema(ours)
     meta = [n for n in schema.names if n.startswith("Metadata_")]

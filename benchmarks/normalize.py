@@ -78,7 +78,7 @@ def generate(out: Path, cells_per_well: int, n_features: int, seed: int = 0) -> 
     Feature kinds, by column: intensities (log-normal, with a per-well shift), integer-valued areas/counts,
     fractions in [0, 1], signed textures; 1% of the features have 0.5% missing values.
     """
-    from cytoagg.io import cell_writer, rows_per_group
+    from cytoagg.io.parquet import cell_writer, rows_per_group
 
     rng = np.random.default_rng(seed)
     row_group = rows_per_group(n_features, 50_000)
@@ -141,7 +141,7 @@ def run_tool(tool: str, src: Path, out: Path) -> None:
         if tool == "floor":
             pq.write_table(table, out)
         else:
-            from cytoagg.io import cell_writer
+            from cytoagg.io.parquet import cell_writer
 
             with cell_writer(out, table.schema) as writer:
                 writer.write_table(table)

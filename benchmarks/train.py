@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cytoagg.cells import PlateCells
-from cytoagg.loss import supcon_loss
-from cytoagg.model import DeepSets, ModelSpec, pick_device
-from cytoagg.sampling import BatchGatherer, SetSampler, cells_tensor
+from cytoagg.io.cells import PlateCells
+from cytoagg.model.loss import supcon_loss
+from cytoagg.model.network import DeepSets, ModelSpec, pick_device
+from cytoagg.model.sampler import BatchGatherer, SetSampler, cells_tensor
 
 
 def sync(device):
@@ -181,13 +181,13 @@ def main() -> None:
             paper_batch = paper_style_loader(plate, sampler, batches[: args.reference_steps + 1], args.cells, Path(tmp), rng)
             reference = time_phases(model, opt, paper_batch, PlainLayers(model), batches, args.reference_steps, device)
 
-    # The training loop itself (cytoagg.train._run_epoch): the next batch is gathered in a worker thread
+    # The training loop itself (cytoagg.model.train._run_epoch): the next batch is gathered in a worker thread
     # while the current step computes, so only the wait for it is exposed.
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
-    from cytoagg.sampling import SetSizeSchedule
-    from cytoagg.train import _run_epoch, resident_cells
+    from cytoagg.model.sampler import SetSizeSchedule
+    from cytoagg.model.train import _run_epoch, resident_cells
 
     fixed = SetSizeSchedule(args.cells, 0.0, 2)
     loop = SimpleNamespace(batch_compounds=18)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoagg.io import write_profiles
-from cytoagg.synthetic import SyntheticSpec, feature_names, platemap, simulate_plate
+from cytoagg.io.parquet import write_profiles
+from cytoagg.synthetic.screen import SyntheticSpec, feature_names, platemap, simulate_plate
 
 TINY = SyntheticSpec(n_compounds=24, replicates=4, negcon_wells=8, cells_per_well=40, features_per_compartment=6, n_latent=6)
 

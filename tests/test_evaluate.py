@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoagg.evaluate import evaluate_plate
-from cytoagg.io import InputError, write_profiles
-from cytoagg.metrics import average_precision
+from cytoagg.evaluate.retrieval import evaluate_plate
+from cytoagg.io.files import InputError
+from cytoagg.io.parquet import write_profiles
+from cytoagg.evaluate.average_precision import average_precision
 
 FEATURES = ["Cells_A", "Cytoplasm_B", "Nuclei_C", "Nuclei_D"]
 # c1 x3, c2 x2, c3 x1 (no replicate), DMSO x3
@@ -247,7 +248,7 @@ def test_moa_retrieval_matches_copairs(tmp_path):
 
 
 def test_pr_curves_give_the_evaluated_ap(tmp_path):
-    from cytoagg.evaluate import pr_curves
+    from cytoagg.evaluate.retrieval import pr_curves
 
     df = moa_frame(1)
     a, b = tmp_path / "model.parquet", tmp_path / "mean.parquet"

@@ -31,7 +31,7 @@ import pytest
 import torch
 import yaml
 
-from cytoagg.io import atomic_path
+from cytoagg.io.files import atomic_path
 from test_workflow import REPO, assert_same_results, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -343,7 +343,7 @@ def test_bad_plate_names_in_targets_are_rejected_before_any_job(tmp_path):
 
 def test_plate_name_rule_is_one_regex(tmp_path):
     """The schema's pattern, the config check and the {plate} wildcard constraint agree."""
-    from cytoagg.workflow_config import PLATE_NAME, ConfigError, check_plate_name
+    from cytoagg.config import PLATE_NAME, ConfigError, check_plate_name
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     for split in ("train", "validation"):

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoagg.columns import feature_columns
-from cytoagg.feature_select import (
+from cytoagg.io.columns import feature_columns
+from cytoagg.preprocess.feature_select import (
     DEFAULT_BLOCKLIST,
     OPERATIONS,
     correlation_matrix,
@@ -17,7 +17,8 @@ from cytoagg.feature_select import (
     pool_cells,
     select_features,
 )
-from cytoagg.io import InputError, write_profiles
+from cytoagg.io.files import InputError
+from cytoagg.io.parquet import write_profiles
 from realdata import fibrosis_plates
 
 pycytominer = pytest.importorskip("pycytominer")
@@ -136,7 +137,7 @@ def training_plates(tmp_path):
 
 def test_fit_on_plates_pools_common_features_and_writes_the_list(tmp_path, training_plates, caplog):
     out = tmp_path / "features.txt"
-    with caplog.at_level(logging.INFO, logger="cytoagg.feature_select"):
+    with caplog.at_level(logging.INFO, logger="cytoagg.preprocess.feature_select"):
         kept = fit_feature_selection(training_plates, out)
     assert out.read_text().splitlines() == kept
     assert "Cells_Base_5" in caplog.text and "not in all 3 plates" in caplog.text
@@ -149,7 +150,7 @@ def test_fit_on_plates_pools_common_features_and_writes_the_list(tmp_path, train
 
 
 def test_more_cells_than_max_cells_uses_a_seeded_sample(tmp_path, training_plates, caplog):
-    with caplog.at_level(logging.INFO, logger="cytoagg.feature_select"):
+    with caplog.at_level(logging.INFO, logger="cytoagg.preprocess.feature_select"):
         first = fit_feature_selection(training_plates, tmp_path / "a.txt", max_cells=500, seed=3)
     assert "sampled 500 of 900 cells" in caplog.text
     assert fit_feature_selection(training_plates, tmp_path / "b.txt", max_cells=500, seed=3) == first

@@ -20,7 +20,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cytoagg.io import InputError
+from cytoagg.io.files import InputError
 from cytoagg.ingest import ingest_plate
 
 DATA = Path(__file__).parent / "data" / "realdata"
@@ -342,7 +342,7 @@ def merged_by_hand(path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def shuffled_sqlite(tmp_path_factory) -> Path:
     """A synthetic CellProfiler plate whose ImageNumbers do not follow the wells (acquisition order)."""
-    from cytoagg.synthetic import SyntheticSpec, write_cellprofiler_sqlite
+    from cytoagg.synthetic.screen import SyntheticSpec, write_cellprofiler_sqlite
 
     spec = SyntheticSpec(n_compounds=6, replicates=2, negcon_wells=4, cells_per_well=25, features_per_compartment=4,
                          n_latent=3)

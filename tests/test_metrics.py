@@ -7,16 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoagg.columns import feature_columns
-from cytoagg.metrics import (
+from cytoagg.io.columns import feature_columns
+from cytoagg.evaluate.average_precision import (
     average_precision,
     baseline_corrected_ap,
-    benjamini_hochberg,
-    effective_rank,
-    mean_average_precision,
     random_baseline_ap,
     ranked_relevance,
 )
+from cytoagg.evaluate.diagnostics import effective_rank
+from cytoagg.evaluate.significance import benjamini_hochberg, mean_average_precision
 from realdata import fibrosis_plates
 
 
@@ -277,7 +276,7 @@ def near_tied_profiles(seed: int, n: int = 600, d: int = 200):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_float32_path_is_exact(seed, monkeypatch):
-    import cytoagg.metrics as metrics
+    import cytoagg.evaluate.average_precision as metrics
 
     blocks = []
     original = metrics._before_float32

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cytoagg.loss import supcon_loss, triplet_margin_loss
-from cytoagg.model import DeepSets, ModelSpec, SetPooledLayer, pick_device
+from cytoagg.model.loss import supcon_loss, triplet_margin_loss
+from cytoagg.model.network import DeepSets, ModelSpec, SetPooledLayer, pick_device
 
 
 def small(pooling="sum", head="paper"):

@@ -11,16 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import cytoagg.normalize as normalize_module
-from cytoagg.columns import feature_columns, metadata_columns
-from cytoagg.io import InputError, read_profiles, to_arrow, write_profiles
-from cytoagg.normalize import (
-    PCA_COLUMN_PREFIX,
-    apply_normalizer,
-    center_wells,
-    fit_normalizer,
-    normalize_plate,
-)
+import cytoagg.preprocess.normalize as normalize_module
+from cytoagg.io.columns import feature_columns, metadata_columns
+from cytoagg.io.files import InputError
+from cytoagg.io.parquet import read_profiles, to_arrow, write_profiles
+from cytoagg.preprocess.normalize import normalize_plate
+from cytoagg.preprocess.statistics import PCA_COLUMN_PREFIX, apply_normalizer, center_wells, fit_normalizer
 from realdata import fibrosis_plates
 
 pycytominer = pytest.importorskip("pycytominer")
@@ -226,7 +222,7 @@ def test_constant_and_all_nan_features_are_dropped_with_a_warning(tmp_path, capl
     df["Cells_Texture_AllNaN"] = np.nan
     df["Cells_Count_Mostly_Zero"] = np.where(np.arange(len(df)) % 10 == 0, 1.0, 0.0)  # MAD and IQR 0
     src = write_plate(df, tmp_path / "plate.parquet")
-    with caplog.at_level(logging.WARNING, logger="cytoagg.normalize"):
+    with caplog.at_level(logging.WARNING, logger="cytoagg.preprocess.normalize"):
         summary = normalize_plate(src, tmp_path / "out.parquet", method=method)
     dropped = {"Nuclei_AreaShape_Constant", "Cells_Texture_AllNaN"}
     if method in ("robustize", "mad_robustize"):
@@ -338,7 +334,7 @@ def test_bookkeeping_columns_are_left_out(tmp_path, caplog):
     df = synthetic_plate()
     df["Cells_Location_Center_X"] = np.arange(len(df), dtype=float)
     src = write_plate(df, tmp_path / "plate.parquet")
-    with caplog.at_level(logging.WARNING, logger="cytoagg.normalize"):
+    with caplog.at_level(logging.WARNING, logger="cytoagg.preprocess.normalize"):
         summary = normalize_plate(src, tmp_path / "out.parquet")
     names = pq.read_schema(tmp_path / "out.parquet").names
     assert "Cells_Location_Center_X" not in names and "Cells_Location_Center_X" in caplog.text
@@ -370,7 +366,7 @@ def test_column_stats_equal_numpy_and_scipy(method):
     """Sorted-column statistics against numpy's nan-functions and scipy's MAD (pycytominer's definitions)."""
     from scipy.stats import median_abs_deviation
 
-    from cytoagg.normalize import column_stats
+    from cytoagg.preprocess.statistics import column_stats
 
     rng = np.random.default_rng(1)
     for n in [2, 3, 4, 5, 10, 11, 1000, 1001]:

@@ -1,7 +1,7 @@
 import numpy as np
 
-from cytoagg.cells import PlateCells
-from cytoagg.sampling import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
+from cytoagg.io.cells import PlateCells
+from cytoagg.model.sampler import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
 
 
 def plate():

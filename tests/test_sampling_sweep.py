@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cytoagg.aggregate import aggregate_plate
-from cytoagg.cells import PlateCells, load_plate_cells
-from cytoagg.diagnostics import effective_rank_tables
-from cytoagg.embed import embed_plate
-from cytoagg.evaluate import evaluate_plate
-from cytoagg.model import DeepSets, ModelSpec
-from cytoagg.sampling_sweep import compact_sweep, nested_samples, summarize_sweep, sweep_plate
-from cytoagg.train import CHECKPOINT_FORMAT
+from cytoagg.profiles.aggregate import aggregate_plate
+from cytoagg.io.cells import PlateCells, load_plate_cells
+from cytoagg.evaluate.diagnostics import effective_rank_tables
+from cytoagg.profiles.embed import embed_plate
+from cytoagg.evaluate.retrieval import evaluate_plate
+from cytoagg.model.network import DeepSets, ModelSpec
+from cytoagg.evaluate.sampling_sweep import compact_sweep, nested_samples, summarize_sweep, sweep_plate
+from cytoagg.model.checkpoint import CHECKPOINT_FORMAT
 
 ANN = dict(well_col="Metadata_Well", perturbation_col="Metadata_broad_sample", negcon_value="DMSO")
 

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from cytoagg.metrics import average_precision
-from cytoagg.summarize import (
+from cytoagg.evaluate.average_precision import average_precision
+from cytoagg.evaluate.significance import paired_test
+from cytoagg.evaluate.summarize import (
     add_splits,
     ap_per_compound,
     map_per_plate,
     markdown_report,
-    paired_test,
     pooled_tests,
     seed_table,
 )

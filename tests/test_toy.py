@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from cytoagg.cells import PlateCells, pack_cell_store
-from cytoagg.io import write_profiles
-from cytoagg.metrics import average_precision
-from cytoagg.toy import ToySpec, class_covariances, generate, validation_classes, zca_sphere
-from cytoagg.train import Annotation, TrainSettings, embed_cells, load_checkpoint, model_from_checkpoint, train_model
+from cytoagg.io.cells import PlateCells
+from cytoagg.model.cellstore import pack_cell_store
+from cytoagg.io.parquet import write_profiles
+from cytoagg.evaluate.average_precision import average_precision
+from cytoagg.synthetic.toy import ToySpec, class_covariances, generate, validation_classes, zca_sphere
+from cytoagg.model.train import Annotation, TrainSettings, train_model
+from cytoagg.model.inference import embed_cells
+from cytoagg.model.checkpoint import load_checkpoint, model_from_checkpoint
 
 FEATURES = ["Cells_Toy_Feature1", "Cells_Toy_Feature2"]
 

@@ -3,10 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cytoagg import sampling
-from cytoagg.embed import embed_plate
-from cytoagg.io import InputError, read_profiles
-from cytoagg.train import Annotation, TrainSettings, load_checkpoint, train_model
+from cytoagg.model import sampler as sampling
+from cytoagg.profiles.embed import embed_plate
+from cytoagg.io.files import InputError
+from cytoagg.io.parquet import read_profiles
+from cytoagg.model.train import Annotation, TrainSettings, train_model
+from cytoagg.model.checkpoint import load_checkpoint
 
 SMALL = TrainSettings(
     epochs=4, lr=1e-3, batch_compounds=8, cells_mean=40, cells_std=10, cells_min=10,
@@ -16,7 +18,7 @@ ANN = Annotation(validation_compounds=0.25, split_seed=0)
 
 
 def train(tmp_path, tiny_plates, settings=SMALL, name="m", **kw):
-    from cytoagg.cells import pack_cell_store
+    from cytoagg.model.cellstore import pack_cell_store
 
     paths, features = tiny_plates
     stores = {}
@@ -121,7 +123,8 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_cell_store_round_trip(tmp_path, tiny_plates):
-    from cytoagg.cells import load_plate_cells, open_cell_store, pack_cell_store
+    from cytoagg.io.cells import load_plate_cells
+    from cytoagg.model.cellstore import open_cell_store, pack_cell_store
 
     paths, features = tiny_plates
     kw = dict(plate="P1", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
@@ -139,7 +142,7 @@ def test_cell_store_round_trip(tmp_path, tiny_plates):
 def test_training_plate_width_must_match_feature_list(tmp_path, tiny_plates):
     paths, features = tiny_plates
     with pytest.raises(InputError, match="features packed"):
-        from cytoagg.cells import pack_cell_store
+        from cytoagg.model.cellstore import pack_cell_store
 
         pack_cell_store(paths["P1"], features, tmp_path / "a.npy", tmp_path / "a.parquet", plate="P1",
                         well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
@@ -187,7 +190,7 @@ def test_one_trainer_at_a_time_per_model_folder(tmp_path, caplog):
     import threading
     import time
 
-    from cytoagg.io import exclusive_lock
+    from cytoagg.io.files import exclusive_lock
 
     lock = tmp_path / "model" / ".train.lock"
     events = []
@@ -216,11 +219,11 @@ def test_device_resident_cells_give_the_same_epoch(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
-    from cytoagg.cells import PlateCells
-    from cytoagg.loss import supcon_loss
-    from cytoagg.model import DeepSets, ModelSpec
-    from cytoagg.sampling import SetSampler, SetSizeSchedule
-    from cytoagg.train import _run_epoch
+    from cytoagg.io.cells import PlateCells
+    from cytoagg.model.loss import supcon_loss
+    from cytoagg.model.network import DeepSets, ModelSpec
+    from cytoagg.model.sampler import SetSampler, SetSizeSchedule
+    from cytoagg.model.train import _run_epoch
 
     rng = np.random.default_rng(0)
     wells = np.repeat([f"W{i:02d}" for i in range(24)], 30)
@@ -243,7 +246,7 @@ def test_lock_on_a_file_system_without_flock_goes_on_unlocked(tmp_path, monkeypa
     import errno
     import fcntl
 
-    from cytoagg.io import exclusive_lock
+    from cytoagg.io.files import exclusive_lock
 
     def no_flock(*a):
         raise OSError(errno.ENOLCK, "No locks available")

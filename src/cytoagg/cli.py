@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .io import InputError
+from .io.files import InputError
 
 log = logging.getLogger("cytoagg")
 
@@ -45,13 +45,13 @@ def _read_list(path) -> list[str]:
 
 
 def cmd_synthetic_plate(args, p):
-    from .synthetic import SyntheticSpec, write_cellprofiler_sqlite
+    from .synthetic.screen import SyntheticSpec, write_cellprofiler_sqlite
 
     log.info("%s", write_cellprofiler_sqlite(SyntheticSpec.from_config(p), args.plate, args.out))
 
 
 def cmd_synthetic_platemap(args, p):
-    from .synthetic import SyntheticSpec, write_platemap
+    from .synthetic.screen import SyntheticSpec, write_platemap
 
     write_platemap(SyntheticSpec.from_config(p), args.out)
 
@@ -78,7 +78,7 @@ def cmd_ingest(args, p):
 
 
 def cmd_normalize(args, p):
-    from .normalize import normalize_plate
+    from .preprocess.normalize import normalize_plate
 
     keys = ("method", "samples", "epsilon", "spherize_method", "spherize_center", "well_center", "memory_mb")
     summary = normalize_plate(
@@ -88,7 +88,7 @@ def cmd_normalize(args, p):
 
 
 def cmd_select_features(args, p):
-    from .feature_select import fit_feature_selection
+    from .preprocess.feature_select import fit_feature_selection
 
     keys = ("operations", "min_variance", "freq_cut", "unique_cut", "corr_threshold", "na_cutoff", "blocklist", "max_cells", "seed")
     kept = fit_feature_selection(args.plates, args.out, **{k: p[k] for k in keys if k in p})
@@ -96,7 +96,7 @@ def cmd_select_features(args, p):
 
 
 def _annotation(p):
-    from .train import Annotation
+    from .model.train import Annotation
 
     return Annotation(
         well_col=p["well_col"],
@@ -109,7 +109,7 @@ def _annotation(p):
 
 
 def cmd_pack_cells(args, p):
-    from .cells import pack_cell_store
+    from .model.cellstore import pack_cell_store
 
     log.info("packed %s", pack_cell_store(
         args.normalized, _read_list(args.features), args.out_cells, args.out_wells, plate=args.plate,
@@ -118,7 +118,7 @@ def cmd_pack_cells(args, p):
 
 
 def cmd_train(args, p):
-    from .train import TrainSettings, train_model
+    from .model.train import TrainSettings, train_model
 
     if not len(args.plate_names) == len(args.cells) == len(args.wells):
         raise InputError("--plate-names, --cells and --wells must have the same length")
@@ -136,7 +136,7 @@ def cmd_train(args, p):
 
 
 def cmd_embed(args, p):
-    from .embed import embed_plate
+    from .profiles.embed import embed_plate
 
     embed_plate(
         args.normalized, args.checkpoint, args.out, plate=args.plate, well_col=p["well_col"],
@@ -146,7 +146,7 @@ def cmd_embed(args, p):
 
 
 def cmd_aggregate(args, p):
-    from .aggregate import aggregate_plate
+    from .profiles.aggregate import aggregate_plate
 
     if len(args.method) != len(args.out):
         raise InputError("aggregate: give one --out per --method")
@@ -159,7 +159,7 @@ def cmd_aggregate(args, p):
 def cmd_evaluate(args, p):
     """One or several profile sets: ``--profiles`` holds, for each ``--out`` in order, the same number of
     files (e.g. the model's plates, then the mean's); ``--method`` names them in the log."""
-    from .evaluate import evaluate_plate
+    from .evaluate.retrieval import evaluate_plate
 
     per_out, rest = divmod(len(args.profiles), len(args.out))
     if rest or not per_out:
@@ -180,7 +180,7 @@ def cmd_evaluate(args, p):
 
 
 def cmd_evaluate_sampling(args, p):
-    from .sampling_sweep import sweep_plate
+    from .evaluate.sampling_sweep import sweep_plate
 
     sweep_plate(
         args.normalized, args.checkpoint, args.out, plate=args.plate, sizes=p["sizes"], seeds=p.get("seeds", 3),
@@ -194,9 +194,9 @@ def cmd_evaluate_sampling(args, p):
 def cmd_summarize_sampling(args, p):
     import pandas as pd
 
-    from .io import write_table, write_text
-    from .sampling_sweep import summarize_sweep
-    from .summarize import to_markdown
+    from .evaluate.sampling_sweep import summarize_sweep
+    from .evaluate.summarize import to_markdown
+    from .io.files import write_table, write_text
 
     ap = pd.concat([pd.read_parquet(f) for f in args.ap], ignore_index=True)
     long, compact = summarize_sweep(ap, p["plate_split"], p["validation_compounds"], p.get("split_seed", 0))
@@ -211,7 +211,7 @@ def cmd_summarize_sampling(args, p):
 
 
 def cmd_effective_rank(args, p):
-    from .diagnostics import effective_rank_tables
+    from .evaluate.diagnostics import effective_rank_tables
 
     if len(args.plate_names) != len(args.normalized):
         raise InputError("--plate-names and --normalized must have the same length")
@@ -225,8 +225,8 @@ def cmd_effective_rank(args, p):
 def cmd_summarize(args, p):
     import pandas as pd
 
-    from .io import write_table, write_text
-    from .summarize import add_splits, ap_per_compound, map_per_plate, markdown_report, pooled_tests
+    from .evaluate.summarize import add_splits, ap_per_compound, map_per_plate, markdown_report, pooled_tests
+    from .io.files import write_table, write_text
 
     if len(args.methods) != len(args.ap):
         raise InputError("--methods and --ap must have the same length")
@@ -246,7 +246,7 @@ def cmd_summarize(args, p):
 def cmd_plot(args, p):
     import pandas as pd
 
-    from . import plots
+    from .evaluate import plots
 
     def cells_per_well(files):
         frames = [pd.read_parquet(f, columns=["Metadata_Plate", "Metadata_n_cells"]) for f in files]
@@ -260,7 +260,7 @@ def cmd_plot(args, p):
     elif args.kind == "cells_per_well":
         plots.plot_cells_per_well(cells_per_well(args.inputs), args.out)
     elif args.kind == "pr_curves":
-        from .evaluate import pr_curves
+        from .evaluate.retrieval import pr_curves
 
         if not args.methods or len(args.methods) != len(args.inputs):
             raise InputError("--methods must name the method of each --inputs file")
@@ -272,7 +272,7 @@ def cmd_plot(args, p):
         )
         plots.plot_pr_curves(curves, args.out, plate=p.get("plate", ""))
     elif args.kind == "sampling":
-        from .sampling_sweep import compact_sweep
+        from .evaluate.sampling_sweep import compact_sweep
 
         compact = compact_sweep(pd.read_csv(args.inputs[0], dtype={"cells_sampled": str}))
         plots.plot_map_vs_cells(compact, cells_per_well(args.inputs[1:]), args.out)
@@ -281,7 +281,7 @@ def cmd_plot(args, p):
 
 
 def cmd_toy_data(args, p):
-    from .toy import ToySpec, write_toy_data
+    from .synthetic.toy import ToySpec, write_toy_data
 
     write_toy_data(ToySpec(**p), args.out_train, args.out_validation, args.out_features, args.out_figure)
 
@@ -289,9 +289,9 @@ def cmd_toy_data(args, p):
 def cmd_toy_summary(args, p):
     import pandas as pd
 
-    from .io import write_table, write_text
-    from .summarize import to_markdown
-    from .toy import summarize_runs
+    from .evaluate.summarize import to_markdown
+    from .io.files import write_table, write_text
+    from .synthetic.toy import summarize_runs
 
     if not len(args.runs) == len(args.methods) == len(args.ap):
         raise InputError("--runs, --methods and --ap must have the same length")

@@ -14,7 +14,7 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 import cytoagg
-from cytoagg.workflow_config import PLATE_NAME, check_config, resolve_platemaps
+from cytoagg.config import PLATE_NAME, check_config, resolve_platemaps
 
 R = config["results"].rstrip("/")
 # (doubled braces: Snakemake formats the prefix like the command)
@@ -35,7 +35,7 @@ PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
 
 # Plate names: letters, digits, underscores and hyphens, single dots between them; so no slashes, spaces,
 # double dots or shell metacharacters. The config schema checks the names in the config; this constraint
-# keeps other names out of targets (see cytoagg.workflow_config.PLATE_NAME).
+# keeps other names out of targets (see cytoagg.config.PLATE_NAME).
 wildcard_constraints:
     plate=PLATE_NAME,
     method="|".join(METHODS),

@@ -96,7 +96,8 @@ def validation_classes(spec: ToySpec) -> list[str]:
 
 def write_toy_data(spec: ToySpec, out_train, out_validation, out_features, out_figure) -> None:
     """Training classes' samples, held-out classes' samples (the evaluation set), the feature list, a figure."""
-    from .io import write_profiles, write_text
+    from ..io.files import write_text
+    from ..io.parquet import write_profiles
 
     df = generate(spec)
     df.insert(0, "Metadata_Plate", spec.variant)
@@ -113,7 +114,7 @@ def plot_classes(df: pd.DataFrame, spec: ToySpec, out) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from ..io.files import atomic_path
 
     classes = sorted(df.Metadata_class.unique())
     ncol = (len(classes) + 1) // 2

@@ -7,8 +7,8 @@ import os
 import re
 from collections import Counter
 
-from .io import InputError
-from .platemap import platemap_name, platemap_path
+from .io.files import InputError
+from .io.platemap import platemap_name, platemap_path
 
 
 class ConfigError(ValueError):

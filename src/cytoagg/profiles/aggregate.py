@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .cells import PlateCells, load_plate_cells
-from .io import InputError, write_profiles
+from ..io.cells import PlateCells, load_plate_cells
+from ..io.files import InputError
+from ..io.parquet import write_profiles
 
 BASELINES = ("mean", "median", "mean_std")
 

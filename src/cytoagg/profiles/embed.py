@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-import torch
 
-from .cells import load_plate_cells
-from .io import InputError, write_profiles
-from .model import pick_device
-from .train import embed_cells, load_checkpoint, model_from_checkpoint
+from ..io.cells import load_plate_cells
+from ..io.files import InputError
+from ..io.parquet import write_profiles
+from ..model.checkpoint import load_model
+from ..model.inference import embed_cells
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def embed_plate(
@@ -27,21 +27,18 @@ def embed_plate(
     """
     if embedding not in ("head", "pooled"):
         raise InputError(f"train.embedding must be 'head' or 'pooled', got {embedding!r}")
-    torch.set_num_threads(max(1, threads))
-    dev = pick_device(device)
-    payload = load_checkpoint(checkpoint)
-    _check_normalization(checkpoint, payload.get("normalization") or {}, normalization or {})
-    model = model_from_checkpoint(payload, dev)
+    trained = load_model(checkpoint, device, threads)
+    _check_normalization(checkpoint, trained.payload.get("normalization") or {}, normalization or {})
     cells, wells, _ = load_plate_cells(
-        normalized, payload["features"], plate=plate, well_col=well_col, perturbation_col=perturbation_col
+        normalized, trained.features, plate=plate, well_col=well_col, perturbation_col=perturbation_col
     )
-    profiles = embed_cells(model, cells, dev, use_head=embedding == "head")
+    profiles = embed_cells(trained.network, cells, trained.device, use_head=embedding == "head")
     df = pd.concat(
         [wells.reset_index(drop=True), pd.DataFrame(profiles, columns=[f"emb_{i:04d}" for i in range(profiles.shape[1])])],
         axis=1,
     )
     write_profiles(df, out)
-    log.info("%s: %d wells embedded from %d cells (%s, %s)", plate, len(df), len(cells.x), embedding, dev)
+    logger.info("%s: %d wells embedded from %d cells (%s, %s)", plate, len(df), len(cells.x), embedding, trained.device)
     return df
 
 
@@ -53,5 +50,5 @@ def _check_normalization(checkpoint, trained: dict, current: dict) -> None:
         )
     differ = sorted(k for k in set(trained) & set(current) if trained[k] != current[k])
     if differ:
-        log.warning("%s: trained with other normalization settings for %s: %s vs %s", checkpoint, differ,
+        logger.warning("%s: trained with other normalization settings for %s: %s vs %s", checkpoint, differ,
                     {k: trained[k] for k in differ}, {k: current[k] for k in differ})

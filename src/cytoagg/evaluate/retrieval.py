@@ -9,8 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from .io import InputError, read_profiles, write_table
-from .metrics import AP_COLUMNS, average_precision, baseline_corrected_ap
+from ..io.files import InputError, write_table
+from ..io.parquet import read_profiles
+from .average_precision import AP_COLUMNS, average_precision, baseline_corrected_ap
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +266,8 @@ def pr_curves(
     same query, as the evaluate step ranks it. Returns one row per (group, method, rank): group,
     method, well, perturbation, average_precision, rank, recall, precision.
     """
-    from .metrics import ranked_relevance
-    from .splits import split_compounds
+    from ..splits import split_compounds
+    from .average_precision import ranked_relevance
 
     read = {m: read_profiles(p)[:2] for m, p in profiles.items()}
     first = next(iter(read))

@@ -9,13 +9,11 @@ of the same queries).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
-from .metrics import mean_average_precision
-from .splits import split_compounds
+from ..splits import split_compounds
+from .significance import mean_average_precision, paired_test
 
 SEED_COLUMNS = {
     ("train", "model"): "Training mAP model",
@@ -80,26 +78,6 @@ def ap_per_compound(
     if not parts:
         return pd.DataFrame(columns=["compound", "plate", "method", "mAP", "p_value", "corrected_p_value", "retrieved", "n_queries"])
     return pd.concat(parts, ignore_index=True)
-
-
-def paired_test(a, b) -> tuple[float, float, int]:
-    """Two-sided Wilcoxon signed-rank test of paired APs: (p-value, mean of a - b, number of pairs).
-
-    Pairs with a zero difference are dropped (scipy's ``zero_method="wilcox"``); NaN p with fewer
-    than one non-zero difference.
-    """
-    from scipy.stats import wilcoxon
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff = a - b
-    if len(diff) == 0:
-        return np.nan, np.nan, 0
-    if not np.any(diff != 0):
-        return np.nan, float(diff.mean()), len(diff)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p = float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
-    return p, float(diff.mean()), len(diff)
 
 
 def _paired_with_baseline(g: pd.DataFrame, method: str):

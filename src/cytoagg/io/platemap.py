@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from .columns import METADATA_PREFIX, normalize_well
-from .io import InputError
+from .files import InputError
 
 WELL_POSITION = "well_position"
 BARCODE = "Assay_Plate_Barcode"
 MAP_NAME = "Plate_Map_Name"
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def read_delimited(path: str | os.PathLike) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def _unpadded(barcode: str) -> str:
     return barcode.strip().lstrip("0") or "0"
 
 
-def platemap_name(plate: str, barcode_platemap: str | os.PathLike, log: logging.Logger = _log) -> str:
+def platemap_name(plate: str, barcode_platemap: str | os.PathLike, log: logging.Logger = logger) -> str:
     """The ``Plate_Map_Name`` of ``plate``; barcodes that differ only in zero padding (``001``/``1``) match."""
     path = Path(barcode_platemap)
     table = read_delimited(path)
@@ -106,7 +106,7 @@ def load_platemap(
     barcode_platemap: str | os.PathLike | None = None,
     platemap_dir: str | os.PathLike | None = None,
     platemap: str | os.PathLike | None = None,
-    log: logging.Logger = _log,
+    log: logging.Logger = logger,
 ) -> tuple[pd.DataFrame, Path] | None:
     """The platemap of ``plate`` and its path: ``platemap`` directly, or looked up via the barcode map.
 

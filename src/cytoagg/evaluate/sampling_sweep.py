@@ -14,11 +14,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .cells import PlateCells, load_plate_cells
-from .evaluate import _retrieval, negcon_mask
-from .io import InputError, write_table
+from ..io.cells import PlateCells, load_plate_cells
+from ..io.files import InputError, write_table
+from .retrieval import _retrieval, negcon_mask
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ALL = "all"
 
@@ -78,22 +78,18 @@ def sweep_plate(
     text, or ``all``), seed (-1 for all cells), n_cells_used, then the AP columns of the evaluate
     step. ``mean_features``: the mean baseline's features (default: the model's).
     """
-    import torch
-
-    from .model import pick_device
-    from .train import embed_cells, load_checkpoint, model_from_checkpoint
+    from ..model.checkpoint import load_model
+    from ..model.inference import embed_cells
 
     if embedding not in ("head", "pooled"):
         raise InputError(f"train.embedding must be 'head' or 'pooled', got {embedding!r}")
     sizes = sorted({int(s) for s in sizes})
     if not sizes:
         raise InputError("evaluate.sampling_sweep is empty: nothing to sweep")
-    torch.set_num_threads(max(1, threads))
-    dev = pick_device(device)
-    payload = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(payload, dev)
+    trained = load_model(checkpoint, device, threads)
+    model, dev = trained.network, trained.device
     negcon_col = negcon_col or perturbation_col
-    feats = {"model": list(payload["features"]), "mean": list(mean_features or payload["features"])}
+    feats = {"model": trained.features, "mean": list(mean_features or trained.features)}
     loaded = {}
     for method, f in feats.items():
         key = tuple(f)
@@ -103,7 +99,7 @@ def sweep_plate(
     def profile(method: str, cells: PlateCells) -> np.ndarray:
         if method == "model":
             return embed_cells(model, cells, dev, use_head=embedding == "head")
-        from .aggregate import aggregate_cells
+        from ..profiles.aggregate import aggregate_cells
 
         return aggregate_cells(cells, feats["mean"], "mean").to_numpy()
 
@@ -131,7 +127,7 @@ def sweep_plate(
                     }
                 ).join(ap.reset_index(drop=True))
             )
-        log.info("%s: %s swept over %s cells x %d seeds", plate, method, sizes, seeds)
+        logger.info("%s: %s swept over %s cells x %d seeds", plate, method, sizes, seeds)
     result = pd.concat(parts, ignore_index=True)
     write_table(result, out)
     return result

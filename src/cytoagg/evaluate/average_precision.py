@@ -15,15 +15,13 @@ What copairs does, and what is reproduced here:
   A NaN similarity (zero-norm profile) sorts after every number.
 * AP of a query = mean over its positives of precision at that positive's rank; a query with no
   positive gets NaN (``0 / 0``). The rank list of a query holds its positives and negatives only.
-* mAP per group = mean AP over the group's queries with ``n_positives > 0``. Its p-value compares it
+* mAP per group: see :mod:`cytoagg.evaluate.significance`.
   with the mean of per-query null distributions: ``null_size`` random rankings with the query's
   (positives, candidates) counts, one seeded generator per distinct count pair.
-  p = (1 + #null > mAP) / (1 + null_size); BH-corrected over groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -326,27 +324,6 @@ def ranked_relevance(
     return pos[idx][np.lexsort((~pos[idx], keys))]
 
 
-def effective_rank(profiles: np.ndarray, *, unit_rows: bool = True, center: bool = True) -> dict:
-    """Effective rank (Roy & Vetterli 2007) of a set of profiles: exp of the entropy of p_k = s_k / sum(s).
-
-    ``s`` are the singular values of the profile matrix, after scaling each row to unit length (the
-    retrieval uses cosine similarity) and centering each column (so the common mean direction does
-    not count as a dimension). Returns ``entropy`` (nats), ``effective_rank`` (1 ..
-    ``max_rank``), ``max_rank`` = min(rows, columns) and ``singular_values`` (normalized, p_k).
-    """
-    x = np.asarray(profiles, dtype=np.float64)
-    if unit_rows:
-        x = _unit_rows(x)
-    if center:
-        x = x - x.mean(axis=0, keepdims=True)
-    s = np.linalg.svd(x, compute_uv=False)
-    total = s.sum()
-    p = s / total if total > 0 else np.zeros_like(s)
-    nz = p[p > 0]
-    entropy = float(-(nz * np.log(nz)).sum())
-    return {"entropy": entropy, "effective_rank": float(np.exp(entropy)), "max_rank": int(min(x.shape)), "singular_values": p}
-
-
 def random_baseline_ap(n_positives, n_candidates):
     """Expected precision of a random ranking, ``n_positives / n_candidates`` (NaN with no candidate)."""
     n_positives = np.asarray(n_positives, dtype=np.float64)
@@ -361,98 +338,3 @@ def baseline_corrected_ap(ap, n_positives, n_candidates):
     Makes APs comparable across queries with different numbers of replicates and candidates.
     """
     return np.maximum(np.asarray(ap, dtype=np.float64) - random_baseline_ap(n_positives, n_candidates), 0.0)
-
-
-def _random_ap(null_size: int, n_positives: int, n_candidates: int, seed, chunk_elements: int = 1 << 24):
-    """copairs' ``compute.random_ap``: AP (float32) of ``null_size`` random rankings.
-
-    Same generator calls as copairs (a permutation per row), drawn a chunk of rows at a time so
-    memory stays bounded; the result is identical.
-    """
-    rng = np.random.default_rng(seed)
-    dtype = np.uint16 if n_candidates < 2**16 else np.uint32
-    pr_num = np.arange(1, n_positives + 1, dtype=np.float32)
-    step = max(1, chunk_elements // max(n_candidates, 1))
-    out = np.empty(null_size, dtype=np.float32)
-    for start in range(0, null_size, step):
-        rows = min(step, null_size - start)
-        ix = np.tile(np.arange(n_candidates, dtype=dtype), (rows, 1))
-        rng.permuted(ix, axis=1, out=ix)
-        rel_k = np.sort(ix[:, :n_positives], axis=1)
-        out[start : start + rows] = ((pr_num / (rel_k + 1)).sum(axis=1) / n_positives).astype(np.float32)
-    return out
-
-
-def null_distributions(configs: np.ndarray, null_size: int, seed: int) -> np.ndarray:
-    """One null AP distribution per (n_positives, n_candidates) row of ``configs`` (sorted, unique).
-
-    Seeds are drawn as copairs draws them (``integers(8096)`` per config, in order). copairs also
-    caches each config's null on disk (``~/.copairs/seed*/ns*``) and reuses it whatever seed the
-    current run would give it; these values equal copairs run with an empty ``cache_dir``.
-    """
-    seeds = np.random.default_rng(seed).integers(8096, size=len(configs))
-    nulls = np.empty((len(configs), null_size), dtype=np.float32)
-    for i, (n_pos, n_cand) in enumerate(configs):
-        nulls[i] = _random_ap(null_size, int(n_pos), int(n_cand), seeds[i])
-    return nulls
-
-
-def benjamini_hochberg(p_values) -> np.ndarray:
-    """BH-adjusted p-values, computed as statsmodels' ``multipletests(method="fdr_bh")``."""
-    p = np.asarray(p_values, dtype=np.float64)
-    if p.size == 0:
-        return p.copy()
-    order = np.argsort(p)
-    adjusted = p[order] / (np.arange(1, p.size + 1) / p.size)
-    adjusted = np.minimum.accumulate(adjusted[::-1])[::-1]
-    adjusted[adjusted > 1] = 1
-    out = np.empty_like(adjusted)
-    out[order] = adjusted
-    return out
-
-
-def mean_average_precision(
-    ap_df: pd.DataFrame,
-    group_col: str | Sequence[str],
-    null_size: int = 10000,
-    threshold: float = 0.05,
-    seed: int = 0,
-    null_cache: dict | None = None,
-) -> pd.DataFrame:
-    """mAP per group with permutation p-values, as ``copairs.map.mean_average_precision``.
-
-    ``ap_df`` has the columns of :func:`average_precision` plus ``group_col``. Queries with NaN AP
-    or no positive are left out. Returns one row per group (sorted): ``mean_average_precision``,
-    ``n_queries``, ``p_value``, ``corrected_p_value`` (BH), ``below_p``, ``below_corrected_p``.
-    ``null_cache``: a dict reused across calls, so that calls with the same (positives, candidates)
-    configurations, ``null_size`` and ``seed`` draw their nulls once (same values).
-    """
-    cols = [group_col] if isinstance(group_col, str) else list(group_col)
-    scored = ap_df[ap_df["average_precision"].notna() & (ap_df["n_positives"] > 0)].reset_index(drop=True)
-    counts = scored[["n_positives", "n_candidates"]].to_numpy(dtype=np.int64).reshape(-1, 2)
-    configs, config_ix = np.unique(counts, axis=0, return_inverse=True)
-    config_ix = np.asarray(config_ix).ravel()
-    key = (configs.tobytes(), configs.shape, null_size, seed)
-    if null_cache is not None and key in null_cache:
-        nulls = null_cache[key]
-    else:
-        nulls = null_distributions(configs, null_size, seed)
-        if null_cache is not None:
-            null_cache[key] = nulls
-
-    grouped = scored.groupby(cols, observed=True, sort=True)
-    map_scores = grouped["average_precision"].agg(["mean", "size"]).reset_index()
-    map_scores = map_scores.rename(columns={"mean": "mean_average_precision", "size": "n_queries"})
-    group_ids = grouped.ngroup().to_numpy()
-    order = np.argsort(group_ids, kind="stable")
-    bounds = np.searchsorted(group_ids[order], np.arange(len(map_scores) + 1))
-    p_values = []
-    for g, score in enumerate(map_scores["mean_average_precision"]):
-        members = order[bounds[g] : bounds[g + 1]]
-        null = nulls[config_ix[members]].mean(axis=0)
-        p_values.append((np.count_nonzero(null > score) + 1) / (null_size + 1))
-    map_scores["p_value"] = np.asarray(p_values, dtype=np.float64)
-    map_scores["corrected_p_value"] = benjamini_hochberg(map_scores["p_value"])
-    map_scores["below_p"] = map_scores["p_value"] < threshold
-    map_scores["below_corrected_p"] = map_scores["corrected_p_value"] < threshold
-    return map_scores

@@ -30,10 +30,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .columns import feature_columns
-from .io import InputError, parquet_columns, write_text
+from ..io.columns import feature_columns
+from ..io.files import InputError, write_text
+from ..io.parquet import parquet_columns
 
-_LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OPERATIONS = ("variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist")
 DEFAULT_OPERATIONS = OPERATIONS
@@ -199,7 +200,7 @@ def select_features(data, features: Sequence[str] | None = None, operations: Seq
     ``data``: a DataFrame (``features`` default: its feature columns) or a cells x features matrix
     whose columns are ``features``.
     """
-    log = log or _LOG
+    log = log or logger
     if isinstance(operations, str):
         operations = [operations]
     unknown = [op for op in operations if op not in OPERATIONS]
@@ -251,7 +252,7 @@ def fit_feature_selection(plates: list, out_txt, *, operations: Sequence[str] = 
     Candidates are the features present in every plate. More than ``max_cells`` cells: a seeded
     uniform sample of them. The list is written one feature per line, atomically.
     """
-    log = log or _LOG
+    log = log or logger
     plates = [Path(p) for p in plates]
     if not plates:
         raise InputError("feature selection needs at least one plate")
@@ -281,7 +282,7 @@ def fit_feature_selection(plates: list, out_txt, *, operations: Sequence[str] = 
 def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 200_000, seed: int = 0,
                log: logging.Logger | None = None) -> np.ndarray:
     """float32 cells x features of all plates; a seeded uniform sample of ``max_cells`` if there are more."""
-    log = log or _LOG
+    log = log or logger
     sizes = [pq.ParquetFile(p).metadata.num_rows for p in plates]
     total = sum(sizes)
     if total == 0:

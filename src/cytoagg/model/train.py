@@ -7,7 +7,6 @@ written after every epoch lets a killed job resume where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -21,19 +20,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
-from .cells import PlateCells, open_cell_store
-from .io import InputError, atomic_path, exclusive_lock, write_table
+from .. import __version__
+from ..evaluate.average_precision import average_precision
+from ..io.cells import PlateCells
+from ..io.files import InputError, exclusive_lock, write_table
+from ..splits import split_compounds
+from .cellstore import open_cell_store
+from .checkpoint import CHECKPOINT_FORMAT, save_torch
+from .inference import autocast, embed_cells
 from .loss import LOSSES
-from .metrics import average_precision
-from .model import DeepSets, ModelSpec, pick_device
-from .sampling import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
-from .splits import split_compounds
+from .network import DeepSets, ModelSpec, pick_device
+from .sampler import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
 
-log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "cytoagg-model-1"
-
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -123,20 +122,6 @@ def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set
     return {name: float(np.mean(v)) if v else float("nan") for name, v in per_plate.items()}
 
 
-def embed_cells(model: DeepSets, plate: PlateCells, device, use_head: bool = True) -> np.ndarray:
-    """Profiles of every well of a plate from ALL its cells: (n_wells, dim) float32."""
-    pooled, head = pooled_and_head(model, plate, device)
-    return head if use_head else pooled
-
-
-def pooled_and_head(model: DeepSets, plate: PlateCells, device) -> tuple[np.ndarray, np.ndarray]:
-    """Every well's pooled features and head output, from ALL its cells (the cells go through the model once)."""
-    with torch.no_grad(), _autocast(device):
-        pooled = model.pool_wells(plate.x, plate.well_index, len(plate.wells))
-        head = model.project(pooled)
-    return pooled.float().cpu().numpy(), head.float().cpu().numpy()
-
-
 def _run_epoch(
     model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident=None, gatherer=None
 ) -> tuple[list, float]:
@@ -174,7 +159,7 @@ def _run_epoch(
             gatherer.copied(slot)
         waited += time.perf_counter() - t
         pending = plan(order[pos + 1]) if pos + 1 < len(order) else None
-        with _autocast(device):
+        with autocast(device):
             emb = model(x)
         loss = loss_fn(emb, torch.from_numpy(labels).to(device), **loss_kw)
         opt.zero_grad(set_to_none=True)
@@ -196,16 +181,10 @@ def resident_cells(plates, device, share: float = 0.5) -> list[torch.Tensor] | N
     need = sum(p.x.nbytes for p in plates)
     free, _ = torch.cuda.mem_get_info(device)
     if need > share * free:
-        log.info("cells (%.1f GB) do not fit in %.0f%% of free GPU memory: gathered on the host", need / 1e9, 100 * share)
+        logger.info("cells (%.1f GB) do not fit in %.0f%% of free GPU memory: gathered on the host", need / 1e9, 100 * share)
         return None
-    log.info("cells (%.1f GB) held on %s: batches gathered on the device", need / 1e9, device)
+    logger.info("cells (%.1f GB) held on %s: batches gathered on the device", need / 1e9, device)
     return [cells_tensor(p.x).to(device) for p in plates]
-
-
-def _autocast(device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _fingerprint(stores: dict, features: list[str], settings: TrainSettings, annotation: Annotation) -> str:
@@ -219,28 +198,6 @@ def _fingerprint(stores: dict, features: list[str], settings: TrainSettings, ann
     return h.hexdigest()
 
 
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path) -> dict:
-    """Load a cytoagg checkpoint safely (``weights_only=True``: tensors and plain Python values only)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise InputError(f"{path}: not a readable cytoagg checkpoint ({e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a cytoagg checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    return payload
-
-
-def model_from_checkpoint(payload: dict, device) -> DeepSets:
-    model = DeepSets(ModelSpec(**payload["model_spec"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval()
-
-
 def train_model(stores: dict[str, tuple[str, str]], features: list[str], out_model, out_log, **kwargs) -> dict:
     """Train on the training plates' cell stores (plate -> (cells .npy, wells index)); write the best checkpoint.
 
@@ -248,7 +205,7 @@ def train_model(stores: dict[str, tuple[str, str]], features: list[str], out_mod
     an orphaned trainer still runs waits for it, then resumes from the state it left (or starts over,
     if it finished).
     """
-    with exclusive_lock(Path(out_model).with_name(".train.lock"), log):
+    with exclusive_lock(Path(out_model).with_name(".train.lock"), logger):
         return _train_model(stores, features, out_model, out_log, **kwargs)
 
 
@@ -266,7 +223,7 @@ def _train_model(
 ) -> dict:
     torch.set_num_threads(max(1, threads))
     device = pick_device(settings.device)
-    log.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(stores), len(features))
+    logger.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(stores), len(features))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
 
@@ -275,7 +232,7 @@ def _train_model(
     split = split_compounds(compounds, annotation.validation_compounds, annotation.split_seed)
     train_compounds = {c for c, s in split.items() if s == "train"}
     val_compounds = {c for c, s in split.items() if s == "validation"}
-    log.info("%d training compounds, %d validation compounds", len(train_compounds), len(val_compounds))
+    logger.info("%d training compounds, %d validation compounds", len(train_compounds), len(val_compounds))
     if not train_compounds:
         raise InputError("splits.validation_compounds leaves no training compound")
     samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, settings.max_wells_per_set) for p in plates]
@@ -303,9 +260,9 @@ def _train_model(
             rng.bit_generator.state = json.loads(state["numpy_rng"])
             history, best, since_best = json.loads(state["history"]), state["best"], state["since_best"]
             start_epoch = state["epoch"] + 1
-            log.info("resuming from epoch %d (state %s)", start_epoch, state_path)
+            logger.info("resuming from epoch %d (state %s)", start_epoch, state_path)
         else:
-            log.info("ignoring %s: it was written for other inputs or settings", state_path)
+            logger.info("ignoring %s: it was written for other inputs or settings", state_path)
 
     def payload(epoch: int, val_map: float) -> dict:
         return {
@@ -344,13 +301,13 @@ def _train_model(
             score = row["val_mAP"] if val_compounds else float(epoch)
             if best is None or score > best["score"]:
                 best, since_best = {"score": score, "epoch": epoch}, 0
-                _save(payload(epoch, row["val_mAP"]), out_model.with_name("best_model.pt.partial"))
+                save_torch(payload(epoch, row["val_mAP"]), out_model.with_name("best_model.pt.partial"))
             else:
                 since_best += 1
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val_mAP=f"{row.get('val_mAP', float('nan')):.3f}", refresh=False)
-        _save(
+        save_torch(
             {
                 "fingerprint": fingerprint,
                 "epoch": epoch,
@@ -365,7 +322,7 @@ def _train_model(
             state_path,
         )
         if settings.patience is not None and since_best >= settings.patience:
-            log.info("early stop at epoch %d: no validation mAP gain for %d evaluations", epoch, since_best)
+            logger.info("early stop at epoch %d: no validation mAP gain for %d evaluations", epoch, since_best)
             break
     bar.close()
     pool.shutdown()
@@ -374,5 +331,5 @@ def _train_model(
     os.replace(best_path, out_model)
     write_table(pd.DataFrame(history), out_log)
     state_path.unlink(missing_ok=True)
-    log.info("best epoch %d (selection score %.4f)", best["epoch"], best["score"])
+    logger.info("best epoch %d (selection score %.4f)", best["epoch"], best["score"])
     return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(history)}

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from .cells import PlateCells
+from ..io.cells import PlateCells
 
 
 @dataclass(frozen=True)

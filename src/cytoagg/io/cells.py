@@ -1,9 +1,6 @@
-"""A plate's cells: one contiguous float32 array grouped by well, with per-well offsets.
-
-In memory (``load_plate_cells``, from a normalized Parquet) or packed once on disk as a cell store
-(``pack_cell_store``: an ``.npy`` array that training memory-maps, plus a per-well index), so that
-sampling sets of cells is index arithmetic on one array.
-"""
+"""A plate's cells: one contiguous float32 array grouped by well, with per-well offsets, read from a
+normalized (or any per-cell) Parquet, so that a well's cells are one slice (``cytoagg.model.cellstore``
+packs them once on disk for training)."""
 
 from __future__ import annotations
 
@@ -13,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .io import InputError, read_profiles
+from .files import InputError
+from .parquet import read_profiles
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +64,7 @@ def load_plate_cells(
     finite = np.isfinite(x).all(axis=1)
     dropped = meta.loc[~finite, well_col].value_counts().sort_index()
     if len(dropped):
-        log.warning("%s: dropped %d cells with NaN/inf features in %d wells", path, int((~finite).sum()), len(dropped))
+        logger.warning("%s: dropped %d cells with NaN/inf features in %d wells", path, int((~finite).sum()), len(dropped))
     if not finite.all():
         meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
     cells = PlateCells.from_cells(plate, x, meta[well_col].to_numpy(), meta[perturbation_col].to_numpy())
@@ -87,29 +85,3 @@ def well_metadata(meta: pd.DataFrame, well_col: str) -> pd.DataFrame:
     out = pd.DataFrame(keep)
     out["Metadata_n_cells"] = np.diff(np.r_[first, len(wells)]).astype(str)
     return out
-
-
-def pack_cell_store(path, features: list[str], out_cells, out_wells, *, plate: str, well_col: str, perturbation_col: str) -> dict:
-    """Pack one normalized plate: ``out_cells`` (.npy, float32, cells grouped by well) and ``out_wells``
-    (Parquet: one row per well, its metadata, ``offset`` and ``n_cells``)."""
-    from .io import atomic_path, write_table
-
-    cells, wells, dropped = load_plate_cells(path, features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
-    with atomic_path(out_cells) as tmp, open(tmp, "wb") as f:
-        np.save(f, cells.x)
-    index = wells.reset_index(drop=True).copy()
-    index["offset"] = cells.offsets[:-1]
-    index["n_cells"] = cells.counts
-    write_table(index, out_wells)
-    return {"plate": plate, "n_cells": int(len(cells.x)), "n_wells": int(len(cells.wells)), "n_dropped": int(dropped.sum())}
-
-
-def open_cell_store(cells_npy, wells_parquet, *, plate: str, well_col: str, perturbation_col: str) -> tuple[PlateCells, pd.DataFrame]:
-    """A packed plate, its cells memory-mapped (read-only): the OS pages them in as sampling touches them."""
-    x = np.load(cells_npy, mmap_mode="r")
-    wells = pd.read_parquet(wells_parquet)
-    offsets = np.r_[wells["offset"].to_numpy(np.int64), len(x)]
-    if (np.diff(offsets) != wells["n_cells"].to_numpy()).any():
-        raise InputError(f"{wells_parquet}: well offsets do not match {cells_npy}")
-    cells = PlateCells(plate, x, offsets, wells[well_col].astype(str).to_numpy(), wells[perturbation_col].astype(str).to_numpy())
-    return cells, wells.drop(columns=["offset", "n_cells"])

@@ -12,13 +12,34 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .cells import load_plate_cells
-from .io import InputError, write_table
-from .metrics import effective_rank
+from ..io.cells import load_plate_cells
+from ..io.files import InputError, write_table
+from .average_precision import _unit_rows
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REPRESENTATIONS = ("pooled", "head", "mean")
+
+
+def effective_rank(profiles: np.ndarray, *, unit_rows: bool = True, center: bool = True) -> dict:
+    """Effective rank (Roy & Vetterli 2007) of a set of profiles: exp of the entropy of p_k = s_k / sum(s).
+
+    ``s`` are the singular values of the profile matrix, after scaling each row to unit length (the
+    retrieval uses cosine similarity) and centering each column (so the common mean direction does
+    not count as a dimension). Returns ``entropy`` (nats), ``effective_rank`` (1 ..
+    ``max_rank``), ``max_rank`` = min(rows, columns) and ``singular_values`` (normalized, p_k).
+    """
+    x = np.asarray(profiles, dtype=np.float64)
+    if unit_rows:
+        x = _unit_rows(x)
+    if center:
+        x = x - x.mean(axis=0, keepdims=True)
+    s = np.linalg.svd(x, compute_uv=False)
+    total = s.sum()
+    p = s / total if total > 0 else np.zeros_like(s)
+    nz = p[p > 0]
+    entropy = float(-(nz * np.log(nz)).sum())
+    return {"entropy": entropy, "effective_rank": float(np.exp(entropy)), "max_rank": int(min(x.shape)), "singular_values": p}
 
 
 def effective_rank_tables(
@@ -38,22 +59,17 @@ def effective_rank_tables(
     ``mean`` (the mean baseline); the wells of all plates together.
 
     Writes ``out_summary``: representation, plates, n_wells, dim, max_rank, entropy, effective_rank
-    (see :func:`cytoagg.metrics.effective_rank`: rows at unit length, columns centered), and
+    (see :func:`effective_rank`: rows at unit length, columns centered), and
     ``out_spectra``: representation, k, normalized singular value p_k.
     """
-    import torch
-
-    from .aggregate import aggregate_cells
-    from .model import pick_device
-    from .train import load_checkpoint, model_from_checkpoint, pooled_and_head
+    from ..model.checkpoint import load_model
+    from ..model.inference import pooled_and_head
+    from ..profiles.aggregate import aggregate_cells
 
     if not normalized:
         raise InputError("effective rank: no plate to profile")
-    torch.set_num_threads(max(1, threads))
-    dev = pick_device(device)
-    payload = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(payload, dev)
-    features = list(payload["features"])
+    trained = load_model(checkpoint, device, threads)
+    model, dev, features = trained.network, trained.device, trained.features
     mean_features = list(mean_features or features)
     profiles = {r: [] for r in REPRESENTATIONS}
     for plate, path in normalized.items():
@@ -83,7 +99,7 @@ def effective_rank_tables(
         )
         p = er["singular_values"]
         spectra.append(pd.DataFrame({"representation": rep, "k": np.arange(1, len(p) + 1), "p": p}))
-        log.info("%s: effective rank %.1f of %d (%d wells x %d dims)", rep, er["effective_rank"], er["max_rank"], *x.shape)
+        logger.info("%s: effective rank %.1f of %d (%d wells x %d dims)", rep, er["effective_rank"], er["max_rank"], *x.shape)
     summary, spectra = pd.DataFrame(rows), pd.concat(spectra, ignore_index=True)
     write_table(summary, out_summary)
     write_table(spectra, out_spectra)

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .columns import well_names
-from .io import atomic_path
+from ..io.columns import well_names
+from ..io.files import atomic_path
 
 KINDS = ("mean_shift", "covariance", "subpopulation", "inactive")
 

@@ -1,0 +1,68 @@
+"""Which kind of file a plate is, and checks that catch truncated copies before any reading."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from ..io.files import InputError
+from ..io.parquet import PARQUET_MAGIC
+
+FORMATS = ("sqlite", "cp_csv", "parquet", "csv")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def detect_format(source: str | os.PathLike) -> str:
+    """``sqlite``/``parquet`` by magic bytes, ``csv`` by suffix, ``cp_csv`` for a folder."""
+    path = Path(source)
+    if path.is_dir():
+        return "cp_csv"
+    if not path.is_file():
+        raise InputError(f"{path}: no such file or folder")
+    with open(path, "rb") as fh:
+        head = fh.read(len(SQLITE_MAGIC))
+    if head.startswith(SQLITE_MAGIC):
+        return "sqlite"
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if path.name.lower().endswith((".csv", ".csv.gz")):
+        return "csv"
+    raise InputError(f"{path}: not a CellProfiler SQLite, Parquet or CSV file (starts with {head!r})")
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Reject non-SQLite and truncated files: the header records the page size and page count."""
+    header = b""
+    if path.is_file():
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    if not header.startswith(SQLITE_MAGIC):
+        raise InputError(f"{path}: not an SQLite file")
+    if len(header) < 100:
+        raise InputError(f"{path}: truncated SQLite file (header incomplete)")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    n_pages = int.from_bytes(header[28:32], "big")
+    if path.stat().st_size < page_size * n_pages:
+        raise InputError(
+            f"{path}: truncated SQLite file ({path.stat().st_size} bytes, header says {page_size * n_pages})"
+        )
+
+
+def check_csv_complete(path: Path) -> None:
+    """A CSV cut off mid-row (a copy that stopped early) is an InputError: pandas would read the last row short,
+    with NaN. Checked on plain (not compressed) files: the last line must end the file or have all its fields."""
+    if path.name.lower().endswith(".gz") or not path.is_file():
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        fh.seek(max(0, size - 65536))
+        tail = fh.read()
+    if not tail or tail.endswith(b"\n") or b"\n" not in tail:
+        return
+    last = tail.rsplit(b"\n", 1)[1]
+    fields = lambda line: len(next(csv.reader([line.decode("utf-8", "replace")]), []))  # noqa: E731
+    if fields(last) < fields(header.rstrip(b"\r\n")):
+        raise InputError(f"{path}: truncated CSV (the last row has {fields(last)} of {fields(header.rstrip())} fields)")

@@ -1,0 +1,202 @@
+"""The ingest step: one plate's source -> one per-cell Parquet, annotated from its platemap, rows by well."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import sqlite3
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from ..io.columns import METADATA_PREFIX, metadata_columns
+from ..io.files import InputError, atomic_path, available_cpus
+from ..io.parquet import cell_writer, profile_schema, rows_per_group, to_arrow
+from ..io.platemap import load_platemap
+from .cellprofiler_csv import CellProfilerCsvSource
+from .formats import FORMATS, detect_format
+from .single_cell import SingleCellCsv, SingleCellParquet
+from .source import Source, Tally, choose_features, to_float32
+from .sqlite import SqliteSource
+
+logger = logging.getLogger(__name__)
+
+
+def open_source(source: Path, fmt: str, compartments: Sequence[str], well_col: str, workdir: Path) -> Source:
+    fmt = detect_format(source) if fmt == "auto" else fmt
+    if fmt == "csv" and source.is_dir():  # "csv" names both CSV layouts; a folder means CellProfiler's
+        fmt = "cp_csv"
+    if fmt == "sqlite":
+        return SqliteSource(source, compartments, well_col)
+    if fmt == "cp_csv":
+        if not source.is_dir():
+            raise InputError(f"{source}: fmt='cp_csv' needs a folder of CellProfiler CSV site folders")
+        return CellProfilerCsvSource(source, compartments, well_col)
+    if fmt == "parquet":
+        return SingleCellParquet(source, well_col)
+    if fmt == "csv":
+        return SingleCellCsv(source, well_col, workdir)
+    raise InputError(f"{source}: unknown format {fmt!r} (expected auto or one of {FORMATS})")
+
+
+
+def annotate(batch: pd.DataFrame, platemap: pd.DataFrame | None, well_col: str, tally: Tally) -> pd.DataFrame:
+    """Add platemap annotations by well; cells of wells missing from the platemap are dropped and counted."""
+    if platemap is None:
+        return batch
+    known = batch[well_col].isin(platemap.index)
+    for well, n in batch.loc[~known, well_col].value_counts().items():
+        tally.dropped_cells[well] = tally.dropped_cells.get(well, 0) + int(n)
+    batch = batch.loc[known]
+    wells = batch[well_col]
+    return batch.assign(**{col: wells.map(platemap[col]).to_numpy() for col in platemap.columns})
+
+
+def output_metadata(
+    source_metadata: list[str], platemap: pd.DataFrame | None, plate_col: str, well_col: str
+) -> list[str]:
+    """Plate and well first, then the source's metadata, then platemap annotations (which win on a clash)."""
+    annotations = [] if platemap is None else [c for c in platemap.columns if c not in (plate_col, well_col)]
+    rest = [c for c in source_metadata if c not in (plate_col, well_col, *annotations)]
+    return [plate_col, well_col, *rest, *annotations]
+
+
+def _log_dropped(log: logging.Logger, path: Path, dropped: dict[str, list[str]]) -> None:
+    for reason, names in dropped.items():
+        if names:
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            log.info("%s: dropped %d %s column(s): %s%s", path, len(names), reason, ", ".join(names[:8]), more)
+
+
+def ingest_plate(
+    source,
+    out,
+    *,
+    plate: str,
+    fmt: str = "auto",
+    barcode_platemap=None,
+    platemap_dir=None,
+    platemap=None,
+    plate_col="Metadata_Plate",
+    well_col="Metadata_Well",
+    compartments=("Cells", "Cytoplasm", "Nuclei"),
+    features=None,
+    blocklist=None,
+    chunk_rows=50_000,
+    workers=None,
+    log=None,
+) -> dict:
+    """Write one plate's cells to ``out`` (Parquet, rows ordered by well) and return a summary.
+
+    ``source`` is a CellProfiler SQLite file, a folder of CellProfiler CSV site folders, or a single-cell
+    Parquet/CSV. ``plate`` is written to ``plate_col`` whatever the source says. A bad input raises
+    ``InputError`` naming the file and column/table, and leaves no file at ``out``. ``workers``: processes
+    reading a SQLite plate at once (default: the CPUs this process may use, at most 8).
+    """
+    log = log or logger
+    source, out = Path(source), Path(out)
+    for col in (plate_col, well_col):
+        if not col.startswith(METADATA_PREFIX):
+            raise InputError(f"{col!r}: plate and well columns must start with {METADATA_PREFIX}")
+    loaded = load_platemap(
+        plate, barcode_platemap=barcode_platemap, platemap_dir=platemap_dir, platemap=platemap, log=log
+    )
+    annotations, platemap_file = loaded if loaded else (None, None)
+    try:
+        src = open_source(source, fmt, list(compartments), well_col, out.parent)
+        try:
+            summary = _write(
+                src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows,
+                _workers(workers), log,
+            )
+        finally:
+            src.close()
+    except (sqlite3.DatabaseError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError,
+            pd.errors.MergeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise InputError(f"{source}: cannot read ({type(e).__name__}: {e})") from e
+    summary["platemap"] = None if platemap_file is None else str(platemap_file)
+    return summary
+
+
+def _write(src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows,
+           workers, log):
+    if well_col not in src.columns:
+        raise InputError(f"{src.path}: no well column {well_col} (metadata: {metadata_columns(src.columns)})")
+    kept, dropped = choose_features(src.columns, src.path, compartments, features, blocklist)
+    _log_dropped(log, src.path, dropped)
+    source_metadata = metadata_columns(src.columns)
+    columns = output_metadata(source_metadata, annotations, plate_col, well_col)
+    schema = profile_schema(pd.DataFrame(columns=[*columns, *kept]))
+    read_metadata = [c for c in source_metadata if c in columns or c == plate_col]
+    group_rows = rows_per_group(len(kept), chunk_rows)
+    tally = Tally()
+    with atomic_path(out) as tmp, cell_writer(tmp, schema) as writer:
+        if isinstance(src, SqliteSource):
+            tables = src.arrow_batches(columns, kept, chunk_rows, plate, plate_col, annotations, tally, workers, log)
+        else:
+            tables = _pandas_batches(src, read_metadata, columns, kept, chunk_rows, plate, plate_col, annotations,
+                                     well_col, tally, schema)
+        pending, n_pending = [], 0
+        for table in tables:  # written in row groups of group_rows cells
+            pending.append(table)
+            n_pending += table.num_rows
+            while n_pending >= group_rows:
+                buffered = pa.concat_tables(pending)
+                writer.write_table(buffered.slice(0, group_rows), row_group_size=group_rows)
+                pending, n_pending = [buffered.slice(group_rows)], n_pending - group_rows
+                del buffered
+        if n_pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=group_rows)
+        del pending
+        if not tally.cells_per_well:
+            raise InputError(f"{src.path}: no cells to write (after matching wells with the platemap)")
+    return _summarize(src, plate, kept, dropped, annotations, tally, log)
+
+
+def _pandas_batches(src, read_metadata, columns, kept, chunk_rows, plate, plate_col, annotations, well_col, tally,
+                    schema) -> Iterator[pa.Table]:
+    for batch in src.batches(read_metadata, kept, chunk_rows):
+        if plate_col in batch:
+            tally.source_plates.update(batch[plate_col].dropna().astype(str).unique())
+        batch = annotate(batch.assign(**{plate_col: plate}), annotations, well_col, tally)
+        if len(batch):
+            tally.add(batch[well_col])
+            frame = pd.concat([batch[columns], to_float32(batch, kept, src.path)], axis=1)
+            yield to_arrow(frame, schema)
+
+
+def _workers(workers) -> int:
+    if workers is None:
+        return min(available_cpus(), 8)
+    if int(workers) < 1:
+        raise InputError(f"workers must be at least 1, got {workers!r}")
+    return int(workers)
+
+
+def _summarize(src, plate, kept, dropped, annotations, tally, log) -> dict:
+    empty_wells = [] if annotations is None else [w for w in annotations.index if w not in tally.cells_per_well]
+    if empty_wells:
+        log.warning("%s: platemap wells without cells: %s", src.path, ", ".join(empty_wells))
+    if tally.dropped_cells:
+        log.warning(
+            "%s: dropped %d cell(s) in wells missing from the platemap: %s",
+            src.path, sum(tally.dropped_cells.values()), tally.dropped_cells,
+        )
+    if tally.source_plates - {plate}:
+        log.info("%s: source names plate(s) %s; written as %r", src.path, sorted(tally.source_plates), plate)
+    return {
+        "plate": plate,
+        "source": str(src.path),
+        "format": src.format,
+        "n_cells": sum(tally.cells_per_well.values()),
+        "n_wells": len(tally.cells_per_well),
+        "n_features": len(kept),
+        "cells_per_well": dict(tally.cells_per_well),
+        "dropped_features": dropped,
+        "unmatched_wells": {"platemap_without_cells": empty_wells, "cells_without_platemap": dict(sorted(tally.dropped_cells.items()))},
+        "n_dropped_cells": sum(tally.dropped_cells.values()),
+        "source_plates": sorted(tally.source_plates),
+    }

@@ -1,0 +1,88 @@
+"""Single-cell tables already in pycytominer layout: Parquet, or CSV (converted to a temporary Parquet)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io.parquet import check_parquet_file, profile_schema, to_arrow
+from .formats import check_csv_complete
+from .source import Source, normalize_wells, to_float32
+
+
+class SingleCellParquet(Source):
+    """Single-cell Parquet in pycytominer layout. Rows are taken in well order (stable), row group by row group,
+    so memory holds one row group and one output chunk."""
+
+    format = "parquet"
+
+    def __init__(self, path: Path, well_col: str, label: Path | None = None):
+        self.path = label or path
+        check_parquet_file(path)
+        self.file = pq.ParquetFile(path)
+        self.well_col = well_col
+        self.columns = list(self.file.schema_arrow.names)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _order(self) -> np.ndarray:
+        wells = self.file.read(columns=[self.well_col]).column(0).to_pandas()
+        wells = normalize_wells(wells.astype(object), self.path, self.well_col)
+        return np.argsort(wells.to_numpy(dtype=str), kind="stable")
+
+    def _take(self, rows: np.ndarray, columns: list[str]) -> pa.Table:
+        meta = self.file.metadata
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        groups = np.searchsorted(starts, rows, side="right") - 1
+        parts, positions = [], []
+        for g in np.unique(groups):
+            where = np.flatnonzero(groups == g)
+            parts.append(self.file.read_row_group(g, columns=columns).take(rows[where] - starts[g]))
+            positions.append(where)
+        table = pa.concat_tables(parts)
+        return table.take(np.argsort(np.concatenate(positions)))
+
+    def batches(self, metadata, features, chunk_rows):
+        order = self._order()
+        for start in range(0, len(order), chunk_rows):
+            frame = self._take(order[start : start + chunk_rows], [*metadata, *features])
+            frame = frame.to_pandas(ignore_metadata=True)
+            yield frame.assign(**{self.well_col: normalize_wells(frame[self.well_col], self.path, self.well_col)})
+
+
+class SingleCellCsv(Source):
+    """Single-cell CSV in pycytominer layout; converted to a temporary Parquet (in chunks) and read as one."""
+
+    format = "csv"
+
+    def __init__(self, path: Path, well_col: str, workdir: Path):
+        self.path, self.well_col, self.workdir = path, well_col, workdir
+        check_csv_complete(path)
+        self.columns = list(pd.read_csv(path, nrows=0).columns)
+
+    def _to_parquet(self, target: Path, metadata: list[str], features: list[str], chunk_rows: int) -> None:
+        schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
+        reader = pd.read_csv(
+            self.path, usecols=[*metadata, *features], dtype=dict.fromkeys(metadata, str), chunksize=chunk_rows
+        )
+        with pq.ParquetWriter(target, schema) as writer:
+            for chunk in reader:
+                frame = pd.concat([chunk[metadata], to_float32(chunk, features, self.path)], axis=1)
+                writer.write_table(to_arrow(frame, schema))
+
+    def batches(self, metadata, features, chunk_rows):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.workdir, prefix=".ingest-") as tmp:
+            target = Path(tmp) / "cells.parquet"
+            self._to_parquet(target, metadata, features, chunk_rows)
+            source = SingleCellParquet(target, self.well_col, label=self.path)
+            try:
+                yield from source.batches(metadata, features, chunk_rows)
+            finally:
+                source.close()

@@ -1,0 +1,55 @@
+"""Checkpoints: what a trained model is saved as, and loading one back as a ready model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..io.files import InputError, atomic_path
+from .network import DeepSets, ModelSpec, pick_device
+
+CHECKPOINT_FORMAT = "cytoagg-model-1"
+
+
+def save_torch(obj: dict, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file renamed onto ``path``: a killed job never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a cytoagg checkpoint safely (``weights_only=True``: tensors and plain Python values only)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise InputError(f"{path}: not a readable cytoagg checkpoint ({type(e).__name__})") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a cytoagg checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    return payload
+
+
+def network_from_payload(payload: dict, device) -> DeepSets:
+    network = DeepSets(ModelSpec(**payload["model_spec"]))
+    network.load_state_dict(payload["state_dict"])
+    return network.to(device).eval()
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A checkpoint loaded for inference: the network (eval mode, on ``device``) and what it was trained on."""
+
+    network: DeepSets
+    device: torch.device
+    features: list[str]  # the input features, in the order the network expects them
+    payload: dict  # the whole checkpoint (settings, normalization, training plates, ...)
+    path: str
+
+
+def load_model(checkpoint, device: str = "auto", threads: int = 1) -> TrainedModel:
+    """The one way every step loads a trained model: torch threads set, device chosen, weights loaded."""
+    torch.set_num_threads(max(1, int(threads)))
+    dev = pick_device(device)
+    payload = load_checkpoint(checkpoint)
+    return TrainedModel(network_from_payload(payload, dev), dev, list(payload["features"]), payload, str(checkpoint))

@@ -1,0 +1,1 @@
+"""Well profiles: the model's (every well from all its cells) and the non-learned aggregations."""
