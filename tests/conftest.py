@@ -8,8 +8,9 @@ import pytest
 
 from cytoagg.io.parquet import write_profiles
 from cytoagg.synthetic.screen import SyntheticSpec, feature_names, platemap, simulate_plate
+from helpers import synthetic_spec
 
-TINY = SyntheticSpec(n_compounds=24, replicates=4, negcon_wells=8, cells_per_well=40, features_per_compartment=6, n_latent=6)
+TINY = synthetic_spec(n_compounds=24, replicates=4, negcon_wells=8, cells_per_well=40, features_per_compartment=6, n_latent=6)
 
 
 def normalized_plate(spec: SyntheticSpec, plate: str) -> pd.DataFrame:
@@ -47,7 +48,7 @@ def tiny_reference_run(tmp_path_factory):
     workflow: the reference that the Slurm run (test_slurm.py) and the crash recoveries (test_faults.py)
     must reproduce table for table, and the run test_workflow.py inspects. Do not modify it (test_workflow.py
     adds report.html, which the copies of it leave out)."""
-    from test_workflow import copy_workflow, snakemake
+    from helpers import copy_workflow, snakemake
 
     wd = copy_workflow(tmp_path_factory.mktemp("reference"))
     snakemake(wd, "--cores", "2")

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoagg.evaluate.retrieval import evaluate_plate
+from cytoagg.evaluate.retrieval import evaluate_plate, pr_curves
 from cytoagg.io.files import InputError
+from helpers import annotation, compound_split, evaluate_settings, pr_curve_settings
 from cytoagg.io.parquet import write_profiles
 from cytoagg.evaluate.average_precision import average_precision
 
@@ -32,6 +33,28 @@ def plate_frame(plate="P1", seed=0) -> pd.DataFrame:
     return df
 
 
+ANNOTATION_KEYS = ("plate_col", "well_col", "perturbation_col", "negcon_col", "negcon_value")
+
+
+def _annotation(kw: dict):
+    """Annotation from evaluate's column keywords; no negative controls unless ``negcon_value`` is given."""
+    given = {k: kw.pop(k) for k in ANNOTATION_KEYS if k in kw}
+    given.setdefault("negcon_value", None)
+    given.setdefault("negcon_col", given.get("perturbation_col", "Metadata_broad_sample"))
+    return annotation(**given)
+
+
+def ev(paths, out, query_plates=None, log=None, **kw):
+    """evaluate_plate with keyword settings (no MoA retrieval unless ``moa_column``)."""
+    settings = evaluate_settings(annotation=_annotation(kw), **{"moa_column": None, **kw})
+    return evaluate_plate(paths, out, settings, query_plates=query_plates, log=log)
+
+
+def curves_of(profiles, validation_compounds=0.25, **kw):
+    settings = pr_curve_settings(annotation=_annotation(kw), split=compound_split(validation=validation_compounds), **kw)
+    return pr_curves(profiles, settings)
+
+
 @pytest.fixture
 def plate_path(tmp_path):
     path = tmp_path / "P1.parquet"
@@ -42,7 +65,7 @@ def plate_path(tmp_path):
 def test_negcon_excluded_and_singletons_counted(plate_path, tmp_path):
     out = tmp_path / "ap" / "P1.parquet"
     messages = []
-    got = evaluate_plate(
+    got = ev(
         plate_path, out, perturbation_col="Metadata_broad_sample", negcon_value="DMSO", log=messages.append
     )
     assert messages and "plate P1" in messages[0]
@@ -68,7 +91,7 @@ def test_negcon_excluded_and_singletons_counted(plate_path, tmp_path):
 
 
 def test_negcon_as_negatives(plate_path, tmp_path):
-    got = evaluate_plate(
+    got = ev(
         plate_path,
         tmp_path / "ap.parquet",
         perturbation_col="Metadata_broad_sample",
@@ -88,7 +111,7 @@ def test_negcon_as_negatives(plate_path, tmp_path):
 
 
 def test_without_negcon_every_well_is_a_query(plate_path, tmp_path):
-    got = evaluate_plate(plate_path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
+    got = ev(plate_path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
     assert len(got) == len(PERTURBATIONS)
     assert got["n_candidates"].eq(len(PERTURBATIONS) - 1).all()
     assert got.loc[got["perturbation"] == "DMSO", "n_positives"].eq(2).all()
@@ -97,7 +120,7 @@ def test_without_negcon_every_well_is_a_query(plate_path, tmp_path):
 def test_plates_are_evaluated_separately(tmp_path):
     path = tmp_path / "two.parquet"
     write_profiles(pd.concat([plate_frame("P1", 0), plate_frame("P2", 1)], ignore_index=True), path)
-    got = evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_value="DMSO")
+    got = ev(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_value="DMSO")
     assert got["plate"].tolist() == ["P1"] * 6 + ["P2"] * 6
     assert got["n_candidates"].eq(5).all()  # never ranked against the other plate
 
@@ -113,7 +136,7 @@ def test_plates_are_evaluated_separately(tmp_path):
 def test_missing_column_names_file_and_column(plate_path, tmp_path, kwargs, column):
     out = tmp_path / "ap.parquet"
     with pytest.raises(InputError, match=column) as err:
-        evaluate_plate(plate_path, out, **kwargs)
+        ev(plate_path, out, **kwargs)
     assert str(plate_path) in str(err.value)
     assert not out.exists()
 
@@ -125,7 +148,7 @@ def test_non_finite_values_name_the_wells(tmp_path):
     path = tmp_path / "bad.parquet"
     write_profiles(df, path)
     with pytest.raises(InputError, match="non-finite") as err:
-        evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
+        ev(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
     assert str(path) in str(err.value) and "P1/A03" in str(err.value) and "P1/A06" in str(err.value)
 
 
@@ -135,19 +158,19 @@ def test_zero_profiles_and_missing_perturbations_are_errors(tmp_path):
     path = tmp_path / "zero.parquet"
     write_profiles(df, path)
     with pytest.raises(InputError, match="all-zero profile.*P1/A04"):
-        evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
+        ev(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
     df = plate_frame()
     df.loc[4, "Metadata_broad_sample"] = None
     write_profiles(df, path)
     with pytest.raises(InputError, match="missing in 1 well.*P1/A05"):
-        evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
+        ev(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
 
 
 def test_negcon_settings_are_checked(plate_path, tmp_path):
     with pytest.raises(InputError, match="negcon_value"):
-        evaluate_plate(plate_path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_as_negatives=True)
+        ev(plate_path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_as_negatives=True)
     with pytest.raises(InputError, match="no negative-control well"):
-        evaluate_plate(
+        ev(
             plate_path,
             tmp_path / "ap.parquet",
             perturbation_col="Metadata_broad_sample",
@@ -162,7 +185,7 @@ def test_repeated_wells_are_an_error(tmp_path):
     path = tmp_path / "dup.parquet"
     write_profiles(df, path)
     with pytest.raises(InputError, match="P1/A01"):
-        evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
+        ev(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample")
 
 
 # --- reference set, corrected AP, MoA retrieval, precision-recall curves ------------------------
@@ -172,7 +195,7 @@ def test_reference_split_ranks_against_every_plate(tmp_path):
     p1, p2 = tmp_path / "P1.parquet", tmp_path / "P2.parquet"
     write_profiles(plate_frame("P1", 0), p1)
     write_profiles(plate_frame("P2", 1), p2)
-    got = evaluate_plate(
+    got = ev(
         [p1, p2], tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_value="DMSO",
         reference="split", query_plates=["P1"],
     )
@@ -185,17 +208,17 @@ def test_reference_split_ranks_against_every_plate(tmp_path):
     expected = average_precision(both.loc[treated, FEATURES].to_numpy(), both.loc[treated, "Metadata_broad_sample"])
     np.testing.assert_allclose(got["average_precision"], expected["average_precision"].iloc[:6], atol=1e-12)
     # reference="plate" on the same files: P1 alone, as before
-    alone = evaluate_plate([p1, p2], tmp_path / "ap2.parquet", perturbation_col="Metadata_broad_sample",
+    alone = ev([p1, p2], tmp_path / "ap2.parquet", perturbation_col="Metadata_broad_sample",
                            negcon_value="DMSO", query_plates="P1")
     assert alone["n_candidates"].eq(5).all()
     with pytest.raises(InputError, match="P9"):
-        evaluate_plate([p1], tmp_path / "x.parquet", perturbation_col="Metadata_broad_sample", query_plates=["P9"])
+        ev([p1], tmp_path / "x.parquet", perturbation_col="Metadata_broad_sample", query_plates=["P9"])
     with pytest.raises(InputError, match="reference"):
-        evaluate_plate(p1, tmp_path / "x.parquet", perturbation_col="Metadata_broad_sample", reference="all")
+        ev(p1, tmp_path / "x.parquet", perturbation_col="Metadata_broad_sample", reference="all")
 
 
 def test_baseline_corrected_column(plate_path, tmp_path):
-    got = evaluate_plate(
+    got = ev(
         plate_path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample", negcon_value="DMSO",
         baseline_corrected=True,
     )
@@ -224,8 +247,8 @@ def test_moa_retrieval_matches_copairs(tmp_path):
     df = moa_frame()
     path = tmp_path / "moa.parquet"
     write_profiles(df, path)
-    got = evaluate_plate(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample",
-                         negcon_value="DMSO", moa_col="Metadata_moa")
+    got = ev(path, tmp_path / "ap.parquet", perturbation_col="Metadata_broad_sample",
+                         negcon_value="DMSO", moa_column="Metadata_moa")
     for col in ("moa", "moa_average_precision", "moa_precision_at_r", "moa_n_positives", "moa_n_candidates"):
         assert col in got.columns
     assert "Metadata_moa" in got.columns  # still passed through
@@ -242,26 +265,24 @@ def test_moa_retrieval_matches_copairs(tmp_path):
     assert ours["moa_n_candidates"].tolist() == ref["n_total_pairs"].tolist()
     np.testing.assert_allclose(ours["moa_average_precision"], ref["average_precision"], rtol=0, atol=1e-9)
     # without the column: no MoA columns
-    plain = evaluate_plate(path, tmp_path / "ap2.parquet", perturbation_col="Metadata_broad_sample",
-                           negcon_value="DMSO", moa_col="Metadata_mechanism")
+    plain = ev(path, tmp_path / "ap2.parquet", perturbation_col="Metadata_broad_sample",
+                           negcon_value="DMSO", moa_column="Metadata_mechanism")
     assert not any(c.startswith("moa") for c in plain.columns)
 
 
 def test_pr_curves_give_the_evaluated_ap(tmp_path):
-    from cytoagg.evaluate.retrieval import pr_curves
-
     df = moa_frame(1)
     a, b = tmp_path / "model.parquet", tmp_path / "mean.parquet"
     write_profiles(df, a)
     other = df.copy()
     other[FEATURES] = other[FEATURES].to_numpy()[:, ::-1]
     write_profiles(other.sample(frac=1, random_state=0), b)  # another method, wells in another order
-    curves = pr_curves({"model": a, "mean": b}, perturbation_col="Metadata_broad_sample", group_col="Metadata_moa",
+    curves = curves_of({"model": a, "mean": b}, perturbation_col="Metadata_broad_sample", group_column="Metadata_moa",
                        negcon_value="DMSO")
     assert set(curves["group"]) == {"m0", "m1", "m2", "m3", "(none)"}
     assert set(curves["method"]) == {"model", "mean"}
     for method, path in (("model", a), ("mean", b)):
-        ap = evaluate_plate(path, tmp_path / f"{method}_ap.parquet", perturbation_col="Metadata_broad_sample",
+        ap = ev(path, tmp_path / f"{method}_ap.parquet", perturbation_col="Metadata_broad_sample",
                             negcon_value="DMSO").set_index("well")
         for (group, well), g in curves[curves.method == method].groupby(["group", "well"]):
             assert g["average_precision"].iloc[0] == pytest.approx(ap.loc[well, "average_precision"], abs=1e-9)
@@ -269,13 +290,13 @@ def test_pr_curves_give_the_evaluated_ap(tmp_path):
     # the same query for every method in a group: the model's median-AP well
     assert (curves.groupby("group")["well"].nunique() == 1).all()
     # no group column: one query per compound split
-    curves = pr_curves({"model": a}, perturbation_col="Metadata_broad_sample", group_col="Metadata_kind",
+    curves = curves_of({"model": a}, perturbation_col="Metadata_broad_sample", group_column="Metadata_kind",
                        negcon_value="DMSO", validation_compounds=["c0", "c1", "c2"])
     assert set(curves["group"]) == {"train compounds", "validation compounds"}
 
 
 def test_cli_evaluates_several_methods_in_one_call(tmp_path, caplog):
-    """The evaluate rule's call: each --out gets its own equal share of --profiles, in order."""
+    """The evaluate rule's call: each method's files are named (--profiles METHOD PATH...), never matched by position."""
     import json
 
     from cytoagg.cli import main
@@ -285,16 +306,23 @@ def test_cli_evaluates_several_methods_in_one_call(tmp_path, caplog):
         for plate in ("P1", "P2"):
             files[method, plate] = tmp_path / f"{method}_{plate}.parquet"
             write_profiles(plate_frame(plate, seed + (plate == "P2")), files[method, plate])
-    params = json.dumps({"perturbation_col": "Metadata_broad_sample", "well_col": "Metadata_Well", "negcon_value": "DMSO", "reference": "split"})
-    outs = [tmp_path / "ap_model.parquet", tmp_path / "ap_mean.parquet"]
-    profiles = [files["model", "P1"], files["model", "P2"], files["mean", "P1"], files["mean", "P2"]]
-    main(["evaluate", "--profiles", *map(str, profiles), "--out", *map(str, outs), "--method", "model", "mean",
-          "--plate", "P1", "--params", params])
-    for out, method in zip(outs, ("model", "mean")):
-        alone = evaluate_plate([files[method, "P1"], files[method, "P2"]], tmp_path / "alone.parquet",
-                               perturbation_col="Metadata_broad_sample", negcon_value="DMSO", reference="split", query_plates=["P1"])
+    settings = evaluate_settings(annotation=annotation(), reference="split", moa_column=None)
+    params = json.dumps(settings.to_params())
+    outs = {"model": tmp_path / "ap_model.parquet", "mean": tmp_path / "ap_mean.parquet"}
+    args = ["evaluate", "--plate", "P1", "--params", params]
+    for method in ("mean", "model"):  # any order
+        args += ["--profiles", method, str(files[method, "P1"]), str(files[method, "P2"])]
+    for method, out in outs.items():
+        args += ["--out", method, str(out)]
+    assert main(args) == 0
+    for method, out in outs.items():
+        alone = evaluate_plate([files[method, "P1"], files[method, "P2"]], tmp_path / "alone.parquet", settings,
+                               query_plates=["P1"])
         pd.testing.assert_frame_equal(pd.read_parquet(out), alone)
-    assert main(["evaluate", "--profiles", *map(str, profiles[:3]), "--out", *map(str, outs), "--params", params]) == 2
-    assert "3 --profiles files do not split evenly over 2 --out" in caplog.text
-    assert main(["evaluate", "--profiles", *map(str, profiles), "--out", *map(str, outs), "--method", "model", "--params", params]) == 2
-    assert "1 --method names for 2 --out files" in caplog.text
+    no_mean = [a for a in args]
+    no_mean[no_mean.index("mean", no_mean.index("--profiles")) - 1: no_mean.index("mean") + 3] = []
+    assert main(no_mean) == 2
+    assert "--profiles names ['model'] but --out names ['mean', 'model']" in caplog.text
+    unknown = json.dumps({**settings.to_params(), "refrence": "plate"})
+    assert main([*args[:4], unknown, *args[5:]]) == 2
+    assert "unknown setting(s) ['refrence']" in caplog.text

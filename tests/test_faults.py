@@ -32,7 +32,8 @@ import torch
 import yaml
 
 from cytoagg.io.files import atomic_path
-from test_workflow import REPO, assert_same_results, copy_workflow, planned_jobs, snakemake
+from cytoagg.cli import named_file_args
+from helpers import REPO, assert_same_results, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -359,11 +360,24 @@ def test_plate_name_rule_is_one_regex(tmp_path):
 SHELL_PLACEHOLDER = re.compile(r"(?<!\{)\{([^{}]+)\}(?!\})")
 
 
+GENERATED = re.compile(r"\{(named_file_args\([^{}]*\))\}")
+
+
+def _expand_f_string(text: str) -> str:
+    """An f-string literal as Snakemake receives it: its generated file lists (cytoagg.cli.named_file_args, which
+    writes ``{input.NAME:q}`` per name) filled in for two methods, and its doubled braces made single."""
+    names = {"named_file_args": named_file_args, "METHODS": ["model", "mean"], "BASELINES": ["mean"]}
+    text = GENERATED.sub(lambda m: eval(m.group(1), names).replace("{", "\0").replace("}", "\1"), text)
+    assert not re.search(r"(?<!\{)\{(?!\{)", text.replace("{{", "")), f"an f-string expression this test cannot read: {text!r}"
+    return text.replace("{{", "{").replace("}}", "}").replace("\0", "{").replace("\1", "}")
+
+
 def shell_commands(smk: str) -> list[str]:
-    """The string literals of every ``shell:`` block of a rules file."""
+    """The string literals of every ``shell:`` block of a rules file, f-strings expanded."""
     commands = []
     for block in re.finditer(r"^\s+shell:\n((?:\s+(?:f?\"[^\n]*\"|f?'[^\n]*')\n)+)", smk, re.M):
-        commands.append("".join(re.findall(r"\"((?:[^\"\\]|\\.)*)\"", block.group(1))))
+        parts = re.findall(r"(f?)\"((?:[^\"\\]|\\.)*)\"", block.group(1))
+        commands.append("".join(_expand_f_string(text) if f else text for f, text in parts))
     return commands
 
 

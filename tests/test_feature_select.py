@@ -18,6 +18,7 @@ from cytoagg.preprocess.feature_select import (
     select_features,
 )
 from cytoagg.io.files import InputError
+from helpers import feature_select_settings
 from cytoagg.io.parquet import write_profiles
 from realdata import fibrosis_plates
 
@@ -138,7 +139,7 @@ def training_plates(tmp_path):
 def test_fit_on_plates_pools_common_features_and_writes_the_list(tmp_path, training_plates, caplog):
     out = tmp_path / "features.txt"
     with caplog.at_level(logging.INFO, logger="cytoagg.preprocess.feature_select"):
-        kept = fit_feature_selection(training_plates, out)
+        kept = fit_feature_selection(training_plates, out, feature_select_settings())
     assert out.read_text().splitlines() == kept
     assert "Cells_Base_5" in caplog.text and "not in all 3 plates" in caplog.text
     assert f"{{'{training_plates[1]}': ['Cells_Base_5']}}" in caplog.text  # the plate that lacks it
@@ -151,9 +152,9 @@ def test_fit_on_plates_pools_common_features_and_writes_the_list(tmp_path, train
 
 def test_more_cells_than_max_cells_uses_a_seeded_sample(tmp_path, training_plates, caplog):
     with caplog.at_level(logging.INFO, logger="cytoagg.preprocess.feature_select"):
-        first = fit_feature_selection(training_plates, tmp_path / "a.txt", max_cells=500, seed=3)
+        first = fit_feature_selection(training_plates, tmp_path / "a.txt", feature_select_settings(max_cells=500, seed=3))
     assert "sampled 500 of 900 cells" in caplog.text
-    assert fit_feature_selection(training_plates, tmp_path / "b.txt", max_cells=500, seed=3) == first
+    assert fit_feature_selection(training_plates, tmp_path / "b.txt", feature_select_settings(max_cells=500, seed=3)) == first
     features = [f for f in feature_columns(pd.read_parquet(training_plates[0]).columns) if f != "Cells_Base_5"]
     pool = pool_cells(training_plates, features, max_cells=500, seed=3)
     assert pool.shape == (500, len(features)) and pool.dtype == np.float32
@@ -170,7 +171,7 @@ def test_pool_keeps_every_cell_under_max_cells(training_plates):
 def test_bad_operation_is_an_input_error_and_writes_nothing(tmp_path, training_plates):
     out = tmp_path / "features.txt"
     with pytest.raises(InputError, match="pca_whatever"):
-        fit_feature_selection(training_plates, out, operations=["variance_threshold", "pca_whatever"])
+        fit_feature_selection(training_plates, out, feature_select_settings(operations=["variance_threshold", "pca_whatever"]))
     assert not out.exists()
     with pytest.raises(InputError, match="spearman"):
         select_features(synthetic_cells(), None, ["correlation_threshold"], corr_method="spearman")

@@ -22,6 +22,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from cytoagg.io.files import InputError
 from cytoagg.ingest import ingest_plate
+from cytoagg.io.platemap import platemap_file
+from helpers import annotation, ingest_settings
 
 DATA = Path(__file__).parent / "data" / "realdata"
 NF1 = DATA / "nf1_schwann_plate1_sqlite"
@@ -31,13 +33,22 @@ FIBROSIS = DATA / "fibrosis_dmso_4plates" / "localhost240927060001_test.parquet"
 COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 
 
+def ingest(source, out, plate, *, fmt="auto", barcode_platemap=None, platemap_dir=None, platemap=None,
+           plate_col="Metadata_Plate", well_col="Metadata_Well", chunk_rows=50_000, workers=None, **kw):
+    """ingest_plate with keyword settings; the platemap resolved from the barcode map as the workflow does."""
+    path = platemap_file(plate, barcode_platemap=barcode_platemap, platemap_dir=platemap_dir, platemap=platemap)
+    settings = ingest_settings(annotation=annotation(plate_col=plate_col, well_col=well_col), format=fmt,
+                               platemap=None if path is None else str(path), **kw)
+    return ingest_plate(source, out, plate, settings, chunk_rows=chunk_rows, workers=workers)
+
+
 def well(name: str) -> str:
     """Independent of cytoagg: 'C6' -> 'C06'."""
     return f"{name[0].upper()}{int(name[1:]):02d}"
 
 
 def ingest_nf1(out: Path, **kwargs) -> dict:
-    return ingest_plate(
+    return ingest(
         NF1_SQLITE, out, plate="001",
         barcode_platemap=NF1 / "barcode_platemap.csv", platemap_dir=NF1, **kwargs,
     )
@@ -158,7 +169,7 @@ def test_platemap_mismatches_are_reported(tmp_path, caplog):
     path = tmp_path / "platemap.txt"
     platemap.to_csv(path, sep="\t", index=False)
     with caplog.at_level(logging.WARNING):
-        summary = ingest_plate(NF1_SQLITE, tmp_path / "plate.parquet", plate="001", platemap=path)
+        summary = ingest(NF1_SQLITE, tmp_path / "plate.parquet", plate="001", platemap=path)
     assert summary["unmatched_wells"] == {"platemap_without_cells": ["G08"], "cells_without_platemap": {"C07": 21}}
     assert summary["n_dropped_cells"] == 21 and summary["n_cells"] == 242 - 21
     assert "C07" not in summary["cells_per_well"]
@@ -203,7 +214,7 @@ def jump_reference(site: Path) -> pd.DataFrame:
 
 def test_jump_csv_folders(jump_folder, tmp_path):
     out = tmp_path / "plate.parquet"
-    summary = ingest_plate(jump_folder, out, plate="BR00121431")
+    summary = ingest(jump_folder, out, plate="BR00121431")
     assert summary["cells_per_well"] == {"A01": 89, "A02": 36}
     _, feats = assert_layout(out)
     df = pd.read_parquet(out)
@@ -225,7 +236,7 @@ def test_jump_csv_folders(jump_folder, tmp_path):
 @pytest.fixture(scope="module")
 def fibrosis(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("fibrosis") / "plate.parquet"
-    return ingest_plate(FIBROSIS, out, plate="plate2", chunk_rows=100), out
+    return ingest(FIBROSIS, out, plate="plate2", chunk_rows=100), out
 
 
 def test_fibrosis_parquet_passthrough(fibrosis):
@@ -246,7 +257,7 @@ def test_single_cell_csv_matches_parquet(fibrosis, tmp_path):
     csv = tmp_path / "cells.csv"
     pd.read_parquet(FIBROSIS).to_csv(csv, index=False)
     out = tmp_path / "plate.parquet"
-    ingest_plate(csv, out, plate="plate2", chunk_rows=100)
+    ingest(csv, out, plate="plate2", chunk_rows=100)
     a, b = pd.read_parquet(out), pd.read_parquet(parquet_out)
     feats = [c for c in b if not c.startswith("Metadata_")]
     assert list(a.columns) == list(b.columns)
@@ -261,7 +272,7 @@ def test_single_cell_csv_matches_parquet(fibrosis, tmp_path):
 def assert_rejected(source, out: Path, *names: str, **kwargs) -> None:
     kwargs.setdefault("plate", "001")
     with pytest.raises(InputError) as err:
-        ingest_plate(source, out, **kwargs)
+        ingest(source, out, **kwargs)
     for name in (str(source), *names):
         assert name in str(err.value)
     assert not out.exists()
@@ -318,7 +329,7 @@ def test_missing_compartment_csv(jump_folder, tmp_path):
     shutil.copytree(jump_folder, bad)
     (bad / "BR00121431-A02-1" / "Nuclei.csv").unlink()
     with pytest.raises(InputError, match="Nuclei.csv"):
-        ingest_plate(bad, tmp_path / "out.parquet", plate="BR00121431")
+        ingest(bad, tmp_path / "out.parquet", plate="BR00121431")
     assert not (tmp_path / "out.parquet").exists()
 
 
@@ -342,10 +353,11 @@ def merged_by_hand(path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def shuffled_sqlite(tmp_path_factory) -> Path:
     """A synthetic CellProfiler plate whose ImageNumbers do not follow the wells (acquisition order)."""
-    from cytoagg.synthetic.screen import SyntheticSpec, write_cellprofiler_sqlite
+    from cytoagg.synthetic.screen import write_cellprofiler_sqlite
+    from helpers import synthetic_spec
 
-    spec = SyntheticSpec(n_compounds=6, replicates=2, negcon_wells=4, cells_per_well=25, features_per_compartment=4,
-                         n_latent=3)
+    spec = synthetic_spec(n_compounds=6, replicates=2, negcon_wells=4, cells_per_well=25, features_per_compartment=4,
+                          n_latent=3)
     path = tmp_path_factory.mktemp("sqlite") / "P1.sqlite"
     write_cellprofiler_sqlite(spec, "P1", path)
     with sqlite3.connect(path) as con:
@@ -360,7 +372,7 @@ def shuffled_sqlite(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sqlite_read_in_groups_by_workers_matches_the_merge(shuffled_sqlite, tmp_path, workers):
     out = tmp_path / "plate.parquet"
-    summary = ingest_plate(shuffled_sqlite, out, plate="P1", chunk_rows=40, workers=workers)
+    summary = ingest(shuffled_sqlite, out, plate="P1", chunk_rows=40, workers=workers)
     df = pd.read_parquet(out)
     ref = merged_by_hand(shuffled_sqlite)
     assert summary["n_cells"] == len(df) == len(ref)
@@ -374,8 +386,8 @@ def test_sqlite_read_in_groups_by_workers_matches_the_merge(shuffled_sqlite, tmp
 
 
 def test_sqlite_workers_give_the_same_file(shuffled_sqlite, tmp_path):
-    ingest_plate(shuffled_sqlite, tmp_path / "one.parquet", plate="P1", chunk_rows=30, workers=1)
-    ingest_plate(shuffled_sqlite, tmp_path / "two.parquet", plate="P1", chunk_rows=30, workers=2)
+    ingest(shuffled_sqlite, tmp_path / "one.parquet", plate="P1", chunk_rows=30, workers=1)
+    ingest(shuffled_sqlite, tmp_path / "two.parquet", plate="P1", chunk_rows=30, workers=2)
     assert pq.read_table(tmp_path / "one.parquet").equals(pq.read_table(tmp_path / "two.parquet"))
 
 
@@ -397,7 +409,7 @@ def test_sqlite_null_feature_is_nan(shuffled_sqlite, tmp_path):
     shutil.copy(shuffled_sqlite, bad)
     with sqlite3.connect(bad) as con:
         con.execute("UPDATE Per_Nuclei SET Nuclei_AreaShape_Area = NULL WHERE rowid <= 3")
-    ingest_plate(bad, tmp_path / "out.parquet", plate="P1", workers=1)
+    ingest(bad, tmp_path / "out.parquet", plate="P1", workers=1)
     assert pd.read_parquet(tmp_path / "out.parquet")["Nuclei_AreaShape_Area"].isna().sum() == 3
 
 
@@ -426,9 +438,9 @@ def test_sqlite_without_image_index_still_works(shuffled_sqlite, tmp_path, caplo
         for table in ("Per_Cells", "Per_Cytoplasm", "Per_Nuclei"):
             con.execute(f"DROP INDEX {table}_image")
     with caplog.at_level(logging.WARNING):
-        ingest_plate(plain, tmp_path / "plain.parquet", plate="P1", workers=1)
+        ingest(plain, tmp_path / "plain.parquet", plate="P1", workers=1)
     assert "no index on ImageNumber" in caplog.text
-    ingest_plate(shuffled_sqlite, tmp_path / "indexed.parquet", plate="P1", workers=1)
+    ingest(shuffled_sqlite, tmp_path / "indexed.parquet", plate="P1", workers=1)
     assert pq.read_table(tmp_path / "plain.parquet").equals(pq.read_table(tmp_path / "indexed.parquet"))
 
 
@@ -454,5 +466,5 @@ def test_truncated_cellprofiler_csv(jump_folder, tmp_path):
     cells = bad / "BR00121431-A02-1" / "Cells.csv"
     cells.write_bytes(cells.read_bytes()[:-300])
     with pytest.raises(InputError, match="truncated"):
-        ingest_plate(bad, tmp_path / "out.parquet", plate="BR00121431")
+        ingest(bad, tmp_path / "out.parquet", plate="BR00121431")
     assert not (tmp_path / "out.parquet").exists()

@@ -2,17 +2,18 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import model_spec
 from cytoagg.model.loss import supcon_loss, triplet_margin_loss
-from cytoagg.model.network import DeepSets, ModelSpec, SetPooledLayer, pick_device
+from cytoagg.model.network import DeepSets, SetPooledLayer, pick_device
 
 
 def small(pooling="sum", head="paper"):
     torch.manual_seed(0)
-    return DeepSets(ModelSpec(n_features=5, cell_hidden=16, head_hidden=8, out_dim=12, pooling=pooling, head=head))
+    return DeepSets(model_spec(5, cell_hidden=16, head_hidden=8, out_dim=12, pooling=pooling, head=head))
 
 
 def test_paper_architecture_shapes():
-    m = DeepSets(ModelSpec(n_features=30))
+    m = DeepSets(model_spec(30))
     assert [type(x).__name__ for x in m.cell_net] == ["Linear", "LeakyReLU"]
     assert [type(x).__name__ for x in m.head] == ["Linear", "LeakyReLU", "Linear", "LeakyReLU"]
     assert m.cell_net[0].weight.shape == (2048, 30)
@@ -61,9 +62,9 @@ def test_pool_wells_streams_chunks_and_matches_sets(pooling):
 
 def test_unknown_options_are_errors():
     with pytest.raises(ValueError, match="pooling"):
-        DeepSets(ModelSpec(n_features=3, pooling="max"))
+        DeepSets(model_spec(3, pooling="max"))
     with pytest.raises(ValueError, match="head"):
-        DeepSets(ModelSpec(n_features=3, head="mlp"))
+        DeepSets(model_spec(3, head="mlp"))
 
 
 def test_pick_device_cpu_fallback():
@@ -110,7 +111,7 @@ def test_triplet_hand_computed():
 def test_training_layer_matches_plain_layers(pooling):
     """The CPU training path (SetPooledLayer) gives the plain layers' pooled values and gradients."""
     torch.manual_seed(0)
-    m = DeepSets(ModelSpec(n_features=7, cell_hidden=16, head_hidden=4, out_dim=5, pooling=pooling)).double()
+    m = DeepSets(model_spec(7, cell_hidden=16, head_hidden=4, out_dim=5, pooling=pooling)).double()
     x = torch.randn(3, 11, 7, dtype=torch.float64)
     fused = m(x)
     fused.square().sum().backward()

@@ -16,8 +16,14 @@ from cytoagg.io.columns import feature_columns, metadata_columns
 from cytoagg.io.files import InputError
 from cytoagg.io.parquet import read_profiles, to_arrow, write_profiles
 from cytoagg.preprocess.normalize import normalize_plate
+from helpers import annotation, normalize_settings
 from cytoagg.preprocess.statistics import PCA_COLUMN_PREFIX, apply_normalizer, center_wells, fit_normalizer
 from realdata import fibrosis_plates
+
+
+def normalize(src, out, *, threads=None, well_col="Metadata_Well", **kw):
+    """normalize_plate with keyword settings over the schema's defaults."""
+    return normalize_plate(src, out, normalize_settings(annotation=annotation(well_col=well_col), **kw), threads=threads)
 
 pycytominer = pytest.importorskip("pycytominer")
 
@@ -115,7 +121,7 @@ def test_synthetic_plate_matches_pycytominer(tmp_path, method, spherize_method, 
     df = synthetic_plate(constant=per_column, nan_fraction=0.02 if per_column else 0.0)
     src = write_plate(df, tmp_path / "plate.parquet")
     features = feature_columns(df.columns)
-    summary = normalize_plate(src, tmp_path / "out.parquet", method=method, samples=samples,
+    summary = normalize(src, tmp_path / "out.parquet", method=method, samples=samples,
                               spherize_method=spherize_method or "ZCA")
     ref = pycytominer_reference(src, features, method, samples, spherize_method)
     names = assert_matches_pycytominer(tmp_path / "out.parquet", ref, spherize_method)
@@ -155,7 +161,7 @@ def test_real_plates_match_pycytominer(tmp_path, real_plates, method, spherize_m
             subset = pd.concat([meta, pd.DataFrame(x, columns=features)[varying]], axis=1)
             src, features = write_plate(subset, tmp_path / src.name), varying
         out = tmp_path / f"out_{src.name}"
-        normalize_plate(src, out, method=method, samples=samples, spherize_method=spherize_method or "ZCA")
+        normalize(src, out, method=method, samples=samples, spherize_method=spherize_method or "ZCA")
         assert_matches_pycytominer(out, pycytominer_reference(src, features, method, samples, spherize_method),
                                    spherize_method)
 
@@ -164,7 +170,7 @@ def test_well_centering_subtracts_each_wells_mean(tmp_path):
     df = synthetic_plate(nan_fraction=0.01).sample(frac=1, random_state=0)  # wells not contiguous
     src = write_plate(df, tmp_path / "plate.parquet")
     features = feature_columns(df.columns)
-    normalize_plate(src, tmp_path / "out.parquet", samples=NEGCON, well_center=True, memory_mb=0.05)
+    normalize(src, tmp_path / "out.parquet", samples=NEGCON, well_center=True, memory_mb=0.05)
     meta, y, _ = read_profiles(tmp_path / "out.parquet", features)
     ref = pycytominer_reference(src, features, "mad_robustize", NEGCON)
     expected = ref[features] - ref.groupby("Metadata_Well")[features].transform("mean")
@@ -187,8 +193,8 @@ def test_small_memory_streams_to_the_same_output(tmp_path, method, spherize_meth
     df = synthetic_plate(n_cells=2001, nan_fraction=0.0 if method == "spherize" else 0.01)
     src = write_plate(df, tmp_path / "plate.parquet", row_group_size=500)
     kwargs = dict(method=method, samples=samples, well_center=well_center, spherize_method=spherize_method or "ZCA")
-    small = normalize_plate(src, tmp_path / "small.parquet", memory_mb=0.1, **kwargs)
-    large = normalize_plate(src, tmp_path / "large.parquet", memory_mb=1024, **kwargs)
+    small = normalize(src, tmp_path / "small.parquet", memory_mb=0.1, **kwargs)
+    large = normalize(src, tmp_path / "large.parquet", memory_mb=1024, **kwargs)
     assert small["n_column_batches"] > large["n_column_batches"] >= 1
     assert small["n_row_batches"] > large["n_row_batches"] >= 1
     assert small["row_group_reads"] > 1 == large["row_group_reads"]  # a row group larger than the memory
@@ -206,7 +212,7 @@ def test_in_memory_core_equals_the_plate_function(tmp_path):
     df = synthetic_plate(nan_fraction=0.02)
     src = write_plate(df, tmp_path / "plate.parquet")
     features = feature_columns(df.columns)
-    normalize_plate(src, tmp_path / "out.parquet", method="robustize", well_center=True)
+    normalize(src, tmp_path / "out.parquet", method="robustize", well_center=True)
     _, y, _ = read_profiles(tmp_path / "out.parquet", features)
     x = df[features].to_numpy(np.float32)
     expected = center_wells(apply_normalizer(x, fit_normalizer(x, "robustize")), df["Metadata_Well"])
@@ -223,7 +229,7 @@ def test_constant_and_all_nan_features_are_dropped_with_a_warning(tmp_path, capl
     df["Cells_Count_Mostly_Zero"] = np.where(np.arange(len(df)) % 10 == 0, 1.0, 0.0)  # MAD and IQR 0
     src = write_plate(df, tmp_path / "plate.parquet")
     with caplog.at_level(logging.WARNING, logger="cytoagg.preprocess.normalize"):
-        summary = normalize_plate(src, tmp_path / "out.parquet", method=method)
+        summary = normalize(src, tmp_path / "out.parquet", method=method)
     dropped = {"Nuclei_AreaShape_Constant", "Cells_Texture_AllNaN"}
     if method in ("robustize", "mad_robustize"):
         dropped.add("Cells_Count_Mostly_Zero")
@@ -244,7 +250,7 @@ def test_nan_and_inf_stay_missing_and_do_not_move_the_statistics(tmp_path):
     df.loc[holes[::2], col] = np.nan
     df.loc[holes[1::2], col] = np.inf
     src = write_plate(df, tmp_path / "plate.parquet")
-    normalize_plate(src, tmp_path / "out.parquet", method="mad_robustize")
+    normalize(src, tmp_path / "out.parquet", method="mad_robustize")
     _, y, names = read_profiles(tmp_path / "out.parquet")
     j = names.index(col)
     assert np.isnan(y[holes, j]).all() and np.isfinite(np.delete(y, holes, axis=0)).all()
@@ -254,7 +260,7 @@ def test_nan_and_inf_stay_missing_and_do_not_move_the_statistics(tmp_path):
     expected = (kept - median) / (1.4826 * np.median(np.abs(kept - median)) + 1e-18)
     np.testing.assert_allclose(np.delete(y[:, j], holes), expected, rtol=RTOL, atol=ATOL)
     others = [f for f in names if f != col]  # other features unaffected by the holes
-    normalize_plate(write_plate(clean, tmp_path / "clean.parquet"), tmp_path / "clean_out.parquet")
+    normalize(write_plate(clean, tmp_path / "clean.parquet"), tmp_path / "clean_out.parquet")
     clean_y = read_profiles(tmp_path / "clean_out.parquet", others)[1]
     np.testing.assert_array_equal(clean_y, y[:, [names.index(f) for f in others]])
 
@@ -265,7 +271,7 @@ def test_spherize_fits_on_complete_cells_and_leaves_incomplete_ones_nan(tmp_path
     holes = [3, 50, 51, 200]
     df.loc[holes, features[5]] = np.nan
     src = write_plate(df, tmp_path / "plate.parquet")
-    summary = normalize_plate(src, tmp_path / "out.parquet", method="spherize", spherize_method="ZCA-cor")
+    summary = normalize(src, tmp_path / "out.parquet", method="spherize", spherize_method="ZCA-cor")
     assert summary["n_fit_cells"] == len(df) - len(holes)
     _, y, _ = read_profiles(tmp_path / "out.parquet", features)
     assert np.isnan(y[holes]).all()
@@ -284,7 +290,7 @@ def test_spherize_rank_deficient_is_an_input_error(tmp_path):
     df["Cells_Intensity_Combination"] = 2 * df["Cells_Intensity_F00"] - df["Cells_Intensity_F01"]
     src = write_plate(df, tmp_path / "plate.parquet")
     with pytest.raises(InputError, match="rank"):
-        normalize_plate(src, tmp_path / "out.parquet", method="spherize", spherize_method="ZCA")
+        normalize(src, tmp_path / "out.parquet", method="spherize", spherize_method="ZCA")
     assert not (tmp_path / "out.parquet").exists()
 
 
@@ -292,9 +298,9 @@ def test_query_matching_no_cell_is_an_input_error_naming_it(tmp_path):
     src = write_plate(synthetic_plate(), tmp_path / "plate.parquet")
     query = "Metadata_broad_sample == 'no_such_compound'"
     with pytest.raises(InputError, match="no_such_compound"):
-        normalize_plate(src, tmp_path / "out.parquet", samples=query)
+        normalize(src, tmp_path / "out.parquet", samples=query)
     with pytest.raises(InputError, match="Metadata_Nope"):
-        normalize_plate(src, tmp_path / "out.parquet", samples="Metadata_Nope == 'x'")
+        normalize(src, tmp_path / "out.parquet", samples="Metadata_Nope == 'x'")
     assert not (tmp_path / "out.parquet").exists()
 
 
@@ -308,7 +314,7 @@ def test_query_matching_no_cell_is_an_input_error_naming_it(tmp_path):
 def test_bad_settings_are_input_errors(tmp_path, kwargs, match):
     src = write_plate(synthetic_plate(), tmp_path / "plate.parquet")
     with pytest.raises(InputError, match=match):
-        normalize_plate(src, tmp_path / "out.parquet", **kwargs)
+        normalize(src, tmp_path / "out.parquet", **kwargs)
 
 
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
@@ -325,7 +331,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(normalize_module, "transform_block", failing_transform)
     with pytest.raises(RuntimeError, match="disk full"):
-        normalize_plate(src, out, memory_mb=0.05)
+        normalize(src, out, memory_mb=0.05)
     assert out.read_bytes() == b"previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet", "plate.parquet"]
 
@@ -335,7 +341,7 @@ def test_bookkeeping_columns_are_left_out(tmp_path, caplog):
     df["Cells_Location_Center_X"] = np.arange(len(df), dtype=float)
     src = write_plate(df, tmp_path / "plate.parquet")
     with caplog.at_level(logging.WARNING, logger="cytoagg.preprocess.normalize"):
-        summary = normalize_plate(src, tmp_path / "out.parquet")
+        summary = normalize(src, tmp_path / "out.parquet")
     names = pq.read_schema(tmp_path / "out.parquet").names
     assert "Cells_Location_Center_X" not in names and "Cells_Location_Center_X" in caplog.text
     assert summary["dropped_columns"] == ["Cells_Location_Center_X"]
@@ -349,14 +355,14 @@ def test_not_parquet_or_truncated_input_is_an_input_error_naming_it(tmp_path, co
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(content if content is not None else src.read_bytes()[:-100])  # None: the footer cut off
     with pytest.raises(InputError, match=str(bad)):
-        normalize_plate(bad, tmp_path / "out.parquet")
+        normalize(bad, tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()
 
 
 def test_threads_do_not_change_the_output(tmp_path):
     src = write_plate(synthetic_plate(n_cells=3000, nan_fraction=0.01), tmp_path / "plate.parquet", row_group_size=700)
-    one = normalize_plate(src, tmp_path / "one.parquet", threads=1, memory_mb=0.2)
-    two = normalize_plate(src, tmp_path / "two.parquet", threads=2, memory_mb=0.2)
+    one = normalize(src, tmp_path / "one.parquet", threads=1, memory_mb=0.2)
+    two = normalize(src, tmp_path / "two.parquet", threads=2, memory_mb=0.2)
     assert one["n_row_batches"] > 4 and two["threads"] == 2
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import planned_jobs, snakemake
+from helpers import planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -7,16 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import annotation, effective_rank_settings, embed_settings, evaluate_settings, model_spec, sampling_sweep_settings, splits
 from cytoagg.profiles.aggregate import aggregate_plate
 from cytoagg.io.cells import PlateCells, load_plate_cells
 from cytoagg.evaluate.diagnostics import effective_rank_tables
 from cytoagg.profiles.embed import embed_plate
 from cytoagg.evaluate.retrieval import evaluate_plate
-from cytoagg.model.network import DeepSets, ModelSpec
-from cytoagg.evaluate.sampling_sweep import compact_sweep, nested_samples, summarize_sweep, sweep_plate
+from cytoagg.model.network import DeepSets
+from cytoagg.evaluate.sampling_sweep import compact_sweep, nested_samples, sampling_sweep_plate, summarize_sweep
 from cytoagg.model.checkpoint import CHECKPOINT_FORMAT
 
-ANN = dict(well_col="Metadata_Well", perturbation_col="Metadata_broad_sample", negcon_value="DMSO")
+ANN = annotation()
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def checkpoint(tiny_plates, tmp_path_factory):
     """An untrained model (random weights) in a cytoagg checkpoint: enough to test the plumbing."""
     _, features = tiny_plates
     torch.manual_seed(0)
-    spec = ModelSpec(len(features), cell_hidden=32, head_hidden=16, out_dim=12)
+    spec = model_spec(len(features), cell_hidden=32, head_hidden=16, out_dim=12)
     model = DeepSets(spec)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save(
@@ -65,7 +66,8 @@ def test_nested_samples():
 def test_sweep_all_cells_equals_the_evaluate_step(tiny_plates, checkpoint, tmp_path):
     paths, features = tiny_plates
     out = tmp_path / "sweep.parquet"
-    got = sweep_plate(paths["P3"], checkpoint, out, plate="P3", sizes=[5, 20], seeds=2, mean_features=features, **ANN)
+    got = sampling_sweep_plate(paths["P3"], checkpoint, out, "P3", sampling_sweep_settings(sizes=[5, 20], seeds=2),
+                               mean_features=features)
     assert out.exists()
     assert set(got["cells_sampled"]) == {"5", "20", "all"} and set(got["method"]) == {"model", "mean"}
     assert got.groupby(["method", "cells_sampled"])["seed"].nunique().to_dict() == {
@@ -77,14 +79,14 @@ def test_sweep_all_cells_equals_the_evaluate_step(tiny_plates, checkpoint, tmp_p
     for method in ("model", "mean"):
         prof = tmp_path / f"{method}.parquet"
         if method == "model":
-            embed_plate(paths["P3"], checkpoint, prof, plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+            embed_plate(paths["P3"], checkpoint, prof, "P3", embed_settings(normalization={}))
         else:
-            aggregate_plate(paths["P3"], features, {"mean": prof}, plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
-        ev = evaluate_plate(prof, tmp_path / f"{method}_ap.parquet", **ANN).set_index("well")
+            aggregate_plate(paths["P3"], features, {"mean": prof}, "P3", ANN)
+        ev = evaluate_plate(prof, tmp_path / f"{method}_ap.parquet", evaluate_settings()).set_index("well")
         mine = got[(got.method == method) & (got.cells_sampled == "all")].set_index("well")
         np.testing.assert_allclose(mine["average_precision"], ev.loc[mine.index, "average_precision"], atol=1e-6)
     # the summary tables
-    long, compact = summarize_sweep(got, {"P3": "validation"}, 0.25)
+    long, compact = summarize_sweep(got, splits({"P3": "validation"}, validation=0.25))
     assert set(long["compound_split"]) == {"train", "validation", "all"}
     assert compact["cells_sampled"].tolist()[:3] == ["5", "20", "all"]  # numeric order, all last
     assert compact.loc[compact.cells_sampled == "5", "n_seeds"].eq(2).all()
@@ -94,13 +96,13 @@ def test_sweep_all_cells_equals_the_evaluate_step(tiny_plates, checkpoint, tmp_p
 def test_effective_rank_tables(tiny_plates, checkpoint, tmp_path):
     paths, features = tiny_plates
     summary, spectra = effective_rank_tables(
-        {"P3": paths["P3"]}, checkpoint, tmp_path / "er.csv", tmp_path / "spectra.csv", mean_features=features,
-        well_col="Metadata_Well", perturbation_col="Metadata_broad_sample",
+        [paths["P3"]], checkpoint, tmp_path / "er.csv", tmp_path / "spectra.csv", effective_rank_settings(),
+        mean_features=features,
     )
     assert summary["representation"].tolist() == ["pooled", "head", "mean"]
     assert summary.set_index("representation")["dim"].to_dict() == {"pooled": 32, "head": 12, "mean": len(features)}
     assert (summary["effective_rank"] >= 1).all() and (summary["effective_rank"] <= summary["max_rank"]).all()
-    n_wells = len(load_plate_cells(paths["P3"], features, plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")[0].wells)
+    n_wells = len(load_plate_cells(paths["P3"], features, "P3", ANN)[0].wells)
     assert summary["n_wells"].eq(n_wells).all()
     assert spectra.groupby("representation")["p"].sum().round(9).eq(1).all()
     assert (tmp_path / "er.csv").exists() and (tmp_path / "spectra.csv").exists()

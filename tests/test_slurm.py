@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import assert_same_results, copy_workflow, snakemake
+from helpers import assert_same_results, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
 

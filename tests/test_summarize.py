@@ -15,11 +15,13 @@ from cytoagg.evaluate.summarize import (
     map_per_plate,
     markdown_report,
     pooled_tests,
-    seed_table,
+    headline_table,
 )
+from helpers import splits
 
 PLATE_SPLIT = {"P1": "train", "P2": "train", "P3": "validation"}
 VALIDATION = ["c00", "c01", "c02", "c03", "c04", "c05"]
+SPLITS = splits(PLATE_SPLIT, validation=VALIDATION, seed=0)
 
 
 def fake_ap(seed: int = 0, n_compounds: int = 20, reps: int = 4) -> pd.DataFrame:
@@ -54,7 +56,7 @@ def ap():
 
 @pytest.fixture(scope="module")
 def per_compound(ap):
-    return ap_per_compound(add_splits(ap, PLATE_SPLIT, VALIDATION), null_size=2000, seed=1)
+    return ap_per_compound(add_splits(ap, SPLITS), null_size=2000, seed=1)
 
 
 def test_ap_per_compound_matches_copairs(ap, per_compound, tmp_path):
@@ -83,7 +85,7 @@ def test_ap_per_compound_matches_copairs(ap, per_compound, tmp_path):
 
 
 def test_map_per_plate_columns_and_values(ap, per_compound):
-    long = map_per_plate(ap, PLATE_SPLIT, VALIDATION, per_compound=per_compound)
+    long = map_per_plate(ap, SPLITS, per_compound=per_compound)
     assert len(long) == 3 * 3 * 3  # plates x methods x (train, validation, all)
     for col in ("mAP", "precision_at_R", "n_queries", "n_skipped_queries", "n_compounds", "n_retrieved",
                 "fraction_retrieved", "wilcoxon_p_vs_mean", "mean_ap_difference_vs_mean"):
@@ -116,9 +118,9 @@ def test_paired_test_edge_cases():
 
 
 def test_seed_table_and_markdown(ap, per_compound):
-    long = map_per_plate(ap, PLATE_SPLIT, VALIDATION, per_compound=per_compound)
-    pooled = pooled_tests(ap, PLATE_SPLIT, VALIDATION)
-    wide = seed_table(long, pooled)
+    long = map_per_plate(ap, SPLITS, per_compound=per_compound)
+    pooled = pooled_tests(ap, SPLITS)
+    wide = headline_table(long, pooled)
     assert list(wide.columns) == [
         "plate", "plate split", "Training mAP model", "Training mAP BM", "Validation mAP model", "Validation mAP BM",
         "PR model", "PR BM", "Retrieved model", "Retrieved BM", "Training p (model vs BM)", "Validation p (model vs BM)",
@@ -126,7 +128,7 @@ def test_seed_table_and_markdown(ap, per_compound):
     assert wide["plate"].tolist() == ["P1", "P2", "P3", "mean (train plates)", "mean (validation plates)"]
     assert wide.loc[3, "Training mAP model"] == pytest.approx(wide.loc[:1, "Training mAP model"].mean())
     # the mean rows' p-values: one test over all the split's query wells
-    both = add_splits(ap, PLATE_SPLIT, VALIDATION)
+    both = add_splits(ap, SPLITS)
     both = both[(both.plate_split == "train") & (both.compound_split == "validation")]
     a = both[both.method == "model"].dropna(subset=["average_precision"])
     b = both[both.method == "mean"].set_index(["plate", "well"]).loc[pd.MultiIndex.from_frame(a[["plate", "well"]])]
@@ -142,13 +144,13 @@ def test_corrected_and_moa_tables_appear_when_present(ap):
     ap["moa"] = ap["perturbation"].str[-1]
     ap["moa_average_precision"] = ap["average_precision"] / 2
     ap["moa_precision_at_r"] = ap["precision_at_r"] / 2
-    long = map_per_plate(ap, PLATE_SPLIT, VALIDATION)
+    long = map_per_plate(ap, SPLITS)
     assert "fraction_retrieved" not in long.columns  # no per-compound table given
     row = long[(long.plate == "P3") & (long.method == "model") & (long.compound_split == "all")].iloc[0]
     assert row["baseline_corrected_mAP"] < row["mAP"]
     assert row["moa_mAP"] == pytest.approx(row["mAP"] / 2)
-    md = markdown_report(long, pooled_tests(ap, PLATE_SPLIT, VALIDATION))
+    md = markdown_report(long, pooled_tests(ap, SPLITS))
     assert "## Baseline-corrected mAP" in md and "Training corrected mAP model" in md
     assert "## MoA retrieval mAP" in md
-    per_compound = ap_per_compound(add_splits(ap, PLATE_SPLIT, VALIDATION), null_size=200)
+    per_compound = ap_per_compound(add_splits(ap, SPLITS), null_size=200)
     assert {"moa", "moa_mAP", "baseline_corrected_mAP"} <= set(per_compound.columns)

@@ -9,15 +9,16 @@ from cytoagg.model.cellstore import pack_cell_store
 from cytoagg.io.parquet import write_profiles
 from cytoagg.evaluate.average_precision import average_precision
 from cytoagg.synthetic.toy import ToySpec, class_covariances, generate, validation_classes, zca_sphere
-from cytoagg.model.train import Annotation, TrainSettings, train_model
+from cytoagg.model.train import train_model
 from cytoagg.model.inference import embed_cells
-from cytoagg.model.checkpoint import load_checkpoint, model_from_checkpoint
+from cytoagg.model.checkpoint import load_model
+from helpers import annotation, compound_split, toy_spec, train_settings
 
 FEATURES = ["Cells_Toy_Feature1", "Cells_Toy_Feature2"]
 
 
 def test_classes_share_the_mean_and_differ_in_covariance():
-    spec = ToySpec(points=2000, samples_per_class=2)
+    spec = toy_spec(points=2000, samples_per_class=2)
     df = generate(spec)
     means = df.groupby("Metadata_class")[FEATURES].mean()
     assert np.abs(means.to_numpy()).max() < 0.15  # all classes centred at 0
@@ -30,7 +31,7 @@ def test_classes_share_the_mean_and_differ_in_covariance():
 
 
 def test_standardized_variant_leaves_only_correlation():
-    df = generate(ToySpec(variant="covariance_standardized"))
+    df = generate(toy_spec(variant="covariance_standardized"))
     std = df.groupby("Metadata_Well")[FEATURES].std(ddof=0)
     np.testing.assert_allclose(std.to_numpy(), 1.0, atol=1e-9)
 
@@ -48,16 +49,15 @@ def _fit_and_score(tmp_path, spec: ToySpec, epochs: int = 60):
     df = generate(spec)
     train = df[df.Metadata_split == "train"]
     write_profiles(train, tmp_path / "train.parquet")
-    kw = dict(plate="toy", well_col="Metadata_Well", perturbation_col="Metadata_class")
-    pack_cell_store(tmp_path / "train.parquet", FEATURES, tmp_path / "c.npy", tmp_path / "w.parquet", **kw)
-    settings = TrainSettings(
+    ann = annotation(perturbation_col="Metadata_class", negcon_col="Metadata_class", negcon_value=None)
+    pack_cell_store(tmp_path / "train.parquet", FEATURES, tmp_path / "store", "toy", ann)
+    settings = train_settings(
         epochs=epochs, lr=1e-3, batch_compounds=spec.n_train_classes, cells_mean=150, cells_std=30, cells_min=50,
-        cell_hidden=64, head_hidden=32, out_dim=32, eval_every=epochs, seed=1,
+        cell_hidden=64, head_hidden=32, out_dim=32, eval_every=epochs, seed=1, annotation=ann,
+        split=compound_split(validation=[], seed=0),
     )
-    ann = Annotation(perturbation_col="Metadata_class", negcon_value=None, validation_compounds=[])
-    train_model({"toy": (tmp_path / "c.npy", tmp_path / "w.parquet")}, FEATURES, tmp_path / "m.pt", tmp_path / "l.csv",
-                settings=settings, annotation=ann, threads=1)
-    model = model_from_checkpoint(load_checkpoint(tmp_path / "m.pt"), torch.device("cpu"))
+    train_model([tmp_path / "store"], FEATURES, tmp_path / "m.pt", tmp_path / "l.csv", settings, threads=1)
+    model = load_model(tmp_path / "m.pt", "cpu").network
     val = df[df.Metadata_class.isin(validation_classes(spec))]
     cells = PlateCells.from_cells("toy", val[FEATURES].to_numpy(np.float32), val.Metadata_Well.to_numpy(), val.Metadata_class.to_numpy())
     learned = embed_cells(model, cells, torch.device("cpu"))
@@ -68,12 +68,12 @@ def _fit_and_score(tmp_path, spec: ToySpec, epochs: int = 60):
 
 @pytest.mark.slow
 def test_model_learns_covariance_the_mean_cannot(tmp_path):
-    model_map, mean_map = _fit_and_score(tmp_path, ToySpec(points=300))
+    model_map, mean_map = _fit_and_score(tmp_path, toy_spec(points=300))
     assert mean_map < 0.5
     assert model_map > mean_map + 0.3, (model_map, mean_map)
 
 
 @pytest.mark.slow
 def test_heavy_sphering_leaves_nothing_to_learn(tmp_path):
-    model_map, mean_map = _fit_and_score(tmp_path, ToySpec(variant="sphering", epsilon=0.01, points=300))
+    model_map, mean_map = _fit_and_score(tmp_path, toy_spec(variant="sphering", epsilon=0.01, points=300))
     assert model_map < mean_map + 0.2, (model_map, mean_map)

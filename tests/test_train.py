@@ -3,32 +3,39 @@ import pandas as pd
 import pytest
 import torch
 
+from dataclasses import replace
+
+from helpers import annotation, embed_settings, model_spec, normalization, train_settings
 from cytoagg.model import sampler as sampling
 from cytoagg.profiles.embed import embed_plate
 from cytoagg.io.files import InputError
 from cytoagg.io.parquet import read_profiles
-from cytoagg.model.train import Annotation, TrainSettings, train_model
+from cytoagg.model.train import train_model
 from cytoagg.model.checkpoint import load_checkpoint
 
-SMALL = TrainSettings(
+SMALL = train_settings(
     epochs=4, lr=1e-3, batch_compounds=8, cells_mean=40, cells_std=10, cells_min=10,
     cell_hidden=32, head_hidden=16, out_dim=16, seed=3, eval_every=2,
 )
-ANN = Annotation(validation_compounds=0.25, split_seed=0)
+ANN = annotation()
 
 
-def train(tmp_path, tiny_plates, settings=SMALL, name="m", **kw):
+def pack(tmp_path, tiny_plates, plate):
     from cytoagg.model.cellstore import pack_cell_store
 
     paths, features = tiny_plates
-    stores = {}
-    for p in ("P1", "P2"):
-        stores[p] = (tmp_path / f"{p}.npy", tmp_path / f"{p}.wells.parquet")
-        if not stores[p][0].exists():
-            pack_cell_store(paths[p], features, *stores[p], plate=p, well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    store = tmp_path / "cellstore" / plate
+    if not store.exists():
+        pack_cell_store(paths[plate], features, store, plate, ANN)
+    return store
+
+
+def train(tmp_path, tiny_plates, settings=SMALL, name="m"):
+    features = tiny_plates[1]
+    stores = [pack(tmp_path, tiny_plates, p) for p in ("P2", "P1")]  # any order
     out = tmp_path / name / "model.pt"
     log = tmp_path / name / "log.csv"
-    result = train_model(stores, features, out, log, settings=settings, annotation=ANN, threads=1, **kw)
+    result = train_model(stores, features, out, log, settings, threads=1)
     return out, log, result
 
 
@@ -93,14 +100,13 @@ def test_changed_settings_do_not_resume(tmp_path, tiny_plates, caplog):
 def test_embed_uses_all_cells_and_checkpoint_features(tmp_path, tiny_plates):
     out, _, _ = train(tmp_path, tiny_plates)
     paths, features = tiny_plates
-    embed_plate(paths["P3"], out, tmp_path / "P3.parquet", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    embed_plate(paths["P3"], out, tmp_path / "P3.parquet", "P3", embed_settings())
     meta, x, _ = read_profiles(tmp_path / "P3.parquet")
     cells, _, _ = read_profiles(paths["P3"], features)
     assert len(meta) == cells["Metadata_Well"].nunique()
     assert meta["Metadata_n_cells"].astype(int).sum() == len(cells)
     assert x.shape[1] == SMALL.out_dim and np.isfinite(x).all()
-    embed_plate(paths["P3"], out, tmp_path / "P3p.parquet", plate="P3", well_col="Metadata_Well",
-                         perturbation_col="Metadata_broad_sample", embedding="pooled")
+    embed_plate(paths["P3"], out, tmp_path / "P3p.parquet", "P3", embed_settings(embedding="pooled"))
     assert read_profiles(tmp_path / "P3p.parquet")[1].shape[1] == SMALL.cell_hidden
 
 
@@ -111,7 +117,7 @@ def test_embed_missing_feature_is_clear_error(tmp_path, tiny_plates):
     bad = tmp_path / "bad.parquet"
     df.to_parquet(bad)
     with pytest.raises(InputError, match=features[0]):
-        embed_plate(bad, out, tmp_path / "o.parquet", plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+        embed_plate(bad, out, tmp_path / "o.parquet", "P3", embed_settings())
     assert not (tmp_path / "o.parquet").exists()
 
 
@@ -127,10 +133,10 @@ def test_cell_store_round_trip(tmp_path, tiny_plates):
     from cytoagg.model.cellstore import open_cell_store, pack_cell_store
 
     paths, features = tiny_plates
-    kw = dict(plate="P1", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
-    summary = pack_cell_store(paths["P1"], features, tmp_path / "c.npy", tmp_path / "w.parquet", **kw)
-    stored, wells = open_cell_store(tmp_path / "c.npy", tmp_path / "w.parquet", **kw)
-    direct, direct_wells, _ = load_plate_cells(paths["P1"], features, **kw)
+    summary = pack_cell_store(paths["P1"], features, tmp_path / "store", "P1", ANN)
+    stored, wells = open_cell_store(tmp_path / "store", ANN)
+    assert stored.plate == "P1"
+    direct, direct_wells, _ = load_plate_cells(paths["P1"], features, "P1", ANN)
     assert isinstance(stored.x, np.memmap) and not stored.x.flags.writeable
     np.testing.assert_array_equal(np.asarray(stored.x), direct.x)
     np.testing.assert_array_equal(stored.offsets, direct.offsets)
@@ -144,10 +150,8 @@ def test_training_plate_width_must_match_feature_list(tmp_path, tiny_plates):
     with pytest.raises(InputError, match="features packed"):
         from cytoagg.model.cellstore import pack_cell_store
 
-        pack_cell_store(paths["P1"], features, tmp_path / "a.npy", tmp_path / "a.parquet", plate="P1",
-                        well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
-        train_model({"P1": (tmp_path / "a.npy", tmp_path / "a.parquet")}, features[:-1], tmp_path / "m.pt",
-                    tmp_path / "l.csv", settings=SMALL, annotation=ANN)
+        pack_cell_store(paths["P1"], features, tmp_path / "a", "P1", ANN)
+        train_model([tmp_path / "a"], features[:-1], tmp_path / "m.pt", tmp_path / "l.csv", SMALL)
 
 
 @pytest.mark.parametrize(
@@ -156,8 +160,6 @@ def test_training_plate_width_must_match_feature_list(tmp_path, tiny_plates):
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_each_option_trains(tmp_path, tiny_plates, option):
-    from dataclasses import replace
-
     out, log, _ = train(tmp_path, tiny_plates, settings=replace(SMALL, epochs=2, **option))
     ckpt = load_checkpoint(out)
     for key, value in option.items():
@@ -168,8 +170,6 @@ def test_each_option_trains(tmp_path, tiny_plates, option):
 
 
 def test_early_stopping_on_validation_map(tmp_path, tiny_plates):
-    from dataclasses import replace
-
     # lr = 0: the model never changes, so validation mAP never improves after the first evaluation.
     _, log, result = train(tmp_path, tiny_plates, settings=replace(SMALL, epochs=20, lr=0.0, eval_every=1, patience=2))
     assert result["epochs_run"] == 3 and len(pd.read_csv(log)) == 3
@@ -177,11 +177,11 @@ def test_early_stopping_on_validation_map(tmp_path, tiny_plates):
 
 def test_checkpoint_trained_on_another_normalization_is_refused(tmp_path, tiny_plates):
     paths, _ = tiny_plates
-    out, _, _ = train(tmp_path, tiny_plates, normalization={"method": "standardize"})
-    kw = dict(plate="P3", well_col="Metadata_Well", perturbation_col="Metadata_broad_sample")
+    out, _, _ = train(tmp_path, tiny_plates, settings=replace(SMALL, normalization=normalization(method="standardize")))
     with pytest.raises(InputError, match="standardize"):
-        embed_plate(paths["P3"], out, tmp_path / "o.parquet", normalization={"method": "mad_robustize"}, **kw)
-    embed_plate(paths["P3"], out, tmp_path / "o.parquet", normalization={"method": "standardize"}, **kw)
+        embed_plate(paths["P3"], out, tmp_path / "o.parquet", "P3", embed_settings(normalization=normalization()))
+    embed_plate(paths["P3"], out, tmp_path / "o.parquet", "P3",
+                embed_settings(normalization=normalization(method="standardize")))
     assert (tmp_path / "o.parquet").exists()
 
 
@@ -221,7 +221,7 @@ def test_device_resident_cells_give_the_same_epoch(tmp_path):
 
     from cytoagg.io.cells import PlateCells
     from cytoagg.model.loss import supcon_loss
-    from cytoagg.model.network import DeepSets, ModelSpec
+    from cytoagg.model.network import DeepSets
     from cytoagg.model.sampler import SetSampler, SetSizeSchedule
     from cytoagg.model.train import _run_epoch
 
@@ -233,7 +233,7 @@ def test_device_resident_cells_give_the_same_epoch(tmp_path):
     losses = []
     for resident in (None, [torch.from_numpy(p.x) for p in plates]):
         torch.manual_seed(0)
-        model = DeepSets(ModelSpec(n_features=7, cell_hidden=16, head_hidden=8, out_dim=8))
+        model = DeepSets(model_spec(7, cell_hidden=16, head_hidden=8, out_dim=8))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         with ThreadPoolExecutor(1) as pool:
             got, _ = _run_epoch(model, opt, supcon_loss, {}, plates, samplers, SetSizeSchedule(20, 6, 4),

@@ -5,58 +5,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = Path(__file__).parent / "tiny_config.yaml"
+from helpers import copy_workflow, planned_jobs, snakemake
+
 pytestmark = pytest.mark.slow
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("workflow", "profiles", "envs", "src"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(TINY, dest / "tiny.yaml")
-    return dest
-
-
-def assert_same_results(wd: Path, reference: Path) -> None:
-    """Final tables byte for byte; every per-plate AP table value for value."""
-    ref, got = reference / "results", wd / "results"
-    tables = sorted(p.relative_to(ref) for p in (ref / "tables").iterdir())
-    assert tables
-    for rel in tables:
-        assert (got / rel).read_bytes() == (ref / rel).read_bytes(), f"{rel} differs from the reference run"
-    aps = sorted(p.relative_to(ref) for p in (ref / "ap").rglob("*.parquet"))
-    assert aps
-    for rel in aps:
-        pd.testing.assert_frame_equal(pd.read_parquet(got / rel), pd.read_parquet(ref / rel), check_exact=True)
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", "tiny.yaml"]  # last: it takes several values
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Jobs a dry run would run: rule -> count (from the job stats table)."""
-    out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
-    jobs = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 @pytest.fixture
@@ -77,7 +34,7 @@ def test_outputs_of_every_step(finished):
     assert (r / "features.txt").read_text().strip()
     hist = pd.read_csv(r / "model/training_log.csv")
     assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
-    for png in ("map_per_plate", "training_curve", "cells_per_well", "pr_curves", "map_vs_cells", "effective_rank"):
+    for png in ("map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank"):
         assert (r / "plots" / f"{png}.png").stat().st_size > 1000
     # no temporary files left behind by atomic writes
     assert not list(r.rglob("*.tmp"))
@@ -109,7 +66,7 @@ def test_map_tables(finished):
 
 
 def test_sampling_sweep_and_effective_rank_tables(finished):
-    sweep = pd.read_csv(finished / "results/tables/map_vs_cells.csv", dtype={"cells_sampled": str})
+    sweep = pd.read_csv(finished / "results/tables/sampling_sweep.csv", dtype={"cells_sampled": str})
     assert set(sweep.cells_sampled) == {"10", "25", "all"} and set(sweep.method) == {"model", "mean"}
     assert set(sweep.plate) == {"P1", "P2", "P3"}
     assert sweep.loc[sweep.cells_sampled == "10", "mean_cells_used"].max() <= 10
@@ -127,15 +84,15 @@ def test_report_contains_every_figure(finished):
     snakemake(finished, "--report", "report.html")
     html = (finished / "report.html").read_text(errors="replace")
     for name in (
-        "map_per_plate.png", "training_curve.png", "cells_per_well.png", "pr_curves.png", "map_vs_cells.png",
-        "effective_rank.png", "map_per_plate.csv", "ap_per_compound.csv", "map_vs_cells.csv", "effective_rank.csv",
+        "map_per_plate.png", "training_curve.png", "cells_per_well.png", "pr_curves.png", "sampling_sweep.png",
+        "effective_rank.png", "map_per_plate.csv", "ap_per_compound.csv", "sampling_sweep.csv", "effective_rank.csv",
         "training_log.csv",
     ):  # fmt: skip
         assert name in html, name
     # each figure is embedded (a PNG payload per figure), with its caption
     figures = re.findall(r'"results/plots/(\w+)\.png": \{"name"', html)
     assert sorted(figures) == sorted(
-        ["map_per_plate", "training_curve", "cells_per_well", "pr_curves", "map_vs_cells", "effective_rank"]
+        ["map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank"]
     )
     assert html.count("iVBORw0KGgo") >= len(figures)
     assert "Precision-recall curves of one query well per compound kind" in html
@@ -237,17 +194,23 @@ def test_own_plates_barcode_platemaps_and_split_reference_are_planned_per_plate(
     out = snakemake(wd, "-n", "-p").stdout
     commands = [shlex.split(line.removeprefix("Shell command: ")) for line in out.splitlines() if "python -m cytoagg " in line]
 
+    def args(cmd, flag):
+        """The values after each occurrence of ``flag``, one list per occurrence."""
+        found = []
+        for i in (i for i, v in enumerate(cmd) if v == flag):
+            values = []
+            for v in cmd[i + 1 :]:
+                if v.startswith("--") or v == "2>":
+                    break
+                values.append(v)
+            found.append(values)
+        return found
+
     def arg(cmd, flag):
-        i = cmd.index(flag)
-        values = []
-        for v in cmd[i + 1 :]:
-            if v.startswith("--") or v == "2>":
-                break
-            values.append(v)
-        return values
+        return args(cmd, flag)[0]
 
     ingest = {arg(c, "--plate")[0]: json.loads(arg(c, "--params")[0]) for c in commands if c[3] == "ingest"}
     assert {p: Path(s["platemap"]).name for p, s in ingest.items()} == {"PA": "map1.txt", "PB": "map2.txt", "PC": "map1.txt"}
-    evaluate = {arg(c, "--plate")[0]: arg(c, "--profiles") for c in commands if c[3] == "evaluate"}
-    assert evaluate["PA"] == [f"results/profiles/{m}/{p}.parquet" for m in ("model", "mean") for p in ("PA", "PB")]
-    assert evaluate["PC"] == ["results/profiles/model/PC.parquet", "results/profiles/mean/PC.parquet"]
+    evaluate = {arg(c, "--plate")[0]: {m: files for m, *files in args(c, "--profiles")} for c in commands if c[3] == "evaluate"}
+    assert evaluate["PA"] == {m: [f"results/profiles/{m}/{p}.parquet" for p in ("PA", "PB")] for m in ("model", "mean")}
+    assert evaluate["PC"] == {"model": ["results/profiles/model/PC.parquet"], "mean": ["results/profiles/mean/PC.parquet"]}

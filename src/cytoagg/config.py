@@ -8,7 +8,7 @@ import re
 from collections import Counter
 
 from .io.files import InputError
-from .io.platemap import platemap_name, platemap_path
+from .io.platemap import platemap_file
 
 
 class ConfigError(ValueError):
@@ -66,14 +66,9 @@ def resolve_platemaps(dataset: dict, plates: list[str]) -> dict[str, str | None]
     Rules take that one file as input (not barcode_platemap.csv), so adding a plate's row to
     barcode_platemap.csv does not rerun the other plates.
     """
-    if dataset.get("platemap"):
-        return {p: dataset["platemap"] for p in plates}
-    if not dataset.get("barcode_platemap"):
-        return {p: None for p in plates}
+    keys = {k: dataset.get(k) for k in ("barcode_platemap", "platemap_dir", "platemap")}
     try:
-        return {
-            p: str(platemap_path(platemap_name(p, dataset["barcode_platemap"]), dataset["platemap_dir"]))
-            for p in plates
-        }
+        files = {p: platemap_file(p, **keys) for p in plates}
     except InputError as e:
         raise ConfigError(f"config key dataset.barcode_platemap: {e}") from e
+    return {p: None if f is None else str(f) for p, f in files.items()}

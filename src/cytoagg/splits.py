@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .settings import Settings
 
 
 def _unit_hash(name: str, seed: int) -> float:
@@ -26,3 +29,15 @@ def compound_split(compound: str, validation: float | list[str], seed: int = 0) 
 
 def split_compounds(compounds: Iterable[str], validation: float | list[str], seed: int = 0) -> dict[str, str]:
     return {c: compound_split(c, validation, seed) for c in compounds}
+
+
+@dataclass(frozen=True)
+class CompoundSplit(Settings):
+    """Config ``compounds:``: the held-out (validation) compounds, a list or a fraction, and the hash seed."""
+
+    validation: float | list[str]
+    seed: int
+
+    def of(self, compounds: Iterable[str]) -> dict[str, str]:
+        """``'train'`` or ``'validation'`` for each compound."""
+        return split_compounds(compounds, self.validation, self.seed)

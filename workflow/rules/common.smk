@@ -1,5 +1,6 @@
-# Shared helpers: paths, plate lists, per-step settings (as JSON for the CLI), and config checks that
-# must fail before any job runs.
+# Every value that more than one of the rule files uses is defined here (and only here) - paths, plate lists, the
+# methods, each step's settings (as JSON for the CLI's --params), resources, the default target's outputs,
+# and the config checks that must fail before any job runs.
 
 import json
 import os
@@ -14,12 +15,15 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 import cytoagg
+from cytoagg.cli import named_file_args
 from cytoagg.config import PLATE_NAME, check_config, resolve_platemaps
 
 R = config["results"].rstrip("/")
 # (doubled braces: Snakemake formats the prefix like the command)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 ENVS = os.path.join(workflow.basedir, "envs")
+EXPERIMENT = config.get("experiment")  # a model-capacity toy experiment (experiments/*.yaml) instead of the screen
+TOY = f"{R}/toy"
 TRAIN_PLATES = list(config["plates"]["train"])
 VALIDATION_PLATES = list(config["plates"]["validation"])
 PLATES = TRAIN_PLATES + VALIDATION_PLATES
@@ -28,6 +32,10 @@ MODEL_CHECKPOINT = config["train"]["checkpoint"]
 BASELINES = list(dict.fromkeys(["mean", *config["evaluate"]["baselines"]]))  # the mean (BM) always
 METHODS = ["model", *BASELINES]
 MD = config["metadata"]
+EVAL = config["evaluate"]
+SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
+# Precision-recall curves and effective ranks look at held-out plates (the training plates if there are none).
+DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
 
 check_config(config)  # plates: disjoint, present on disk; settings that the schema cannot check
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
@@ -35,10 +43,9 @@ PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
 
 # Plate names: letters, digits, underscores and hyphens, single dots between them; so no slashes, spaces,
 # double dots or shell metacharacters. The config schema checks the names in the config; this constraint
-# keeps other names out of targets (see cytoagg.config.PLATE_NAME).
+# keeps other names out of targets (see cytoagg.config.PLATE_NAME). The toy experiments' runs are plates too.
 wildcard_constraints:
     plate=PLATE_NAME,
-    method="|".join(METHODS),
 
 
 # Train and embed hold a GPU where the config uses CUDA (gpu=1). "local": the cap of --resources gpu=N
@@ -56,12 +63,21 @@ def use_gpu():
 
 # resources of train and embed: gpu=1 where they use one; nothing otherwise (one resource less per job to plan)
 GPU = {"gpu": 1} if use_gpu() else {}
+# The sweep and the effective-rank diagnostics run the model too, but are small: no GPU asked for (the
+# CPU, or a GPU where one is visible to the job anyway).
+TORCH_SIDE_DEVICE = "cpu" if config["train"]["device"] == "cpu" else "auto"
+# Resources of every job that reads no plate (tables, figures, the synthetic platemap)
+SMALL = dict(mem_mb=1000, runtime=10)
+
+
+# ---------------------------------------------------------------------------------------- settings
 
 
 def settings(**values):
-    """A step's settings as one JSON string for the CLI's --params. A rule param, so changing one reruns
-    what depends on it; a constant, not a function, where it does not depend on the plate (thousands of
-    jobs plan faster; benchmarks/dag.md).
+    """A step's settings as one JSON string for the CLI's --params (read into the step's settings dataclass,
+    which rejects unknown and missing keys). A rule param, so changing one reruns what depends on it; a
+    constant, not a function, where it does not depend on the plate (thousands of jobs plan faster;
+    benchmarks/dag.md).
 
     The package version rides along, so upgrading cytoagg shows results as outdated (--list-changes params).
     Snakemake fills ``{name}`` in constant params with wildcards, so every brace inside a JSON string is
@@ -73,18 +89,46 @@ def settings(**values):
 
 
 ANNOTATION = dict(
-    well_col=MD["well"],
     plate_col=MD["plate"],
+    well_col=MD["well"],
     perturbation_col=MD["perturbation"],
     negcon_col=MD["negcon_column"] or MD["perturbation"],
     negcon_value=MD["negcon_value"],
 )
-
-
-# How compounds are split into training and validation ones (train, the tables, the PR curves).
-COMPOUND_SPLIT = dict(validation_compounds=config["compounds"]["validation"], split_seed=config["compounds"]["seed"])
+# How compounds are split into training and validation ones (train, the tables, the PR curves); the toy
+# experiments train on every class of their training data.
+COMPOUND_SPLIT = dict(validation=config["compounds"]["validation"], seed=config["compounds"]["seed"])
+TOY_SPLIT = dict(validation=[], seed=0)
+SPLITS = dict(
+    plate_split={**{p: "train" for p in TRAIN_PLATES}, **{p: "validation" for p in VALIDATION_PLATES}},
+    compounds=COMPOUND_SPLIT,
+)
+# What a model's input means (stored in its checkpoint, checked when embedding); memory_mb is not part of it.
+NORMALIZATION = {k: v for k, v in config["normalize"].items() if k != "memory_mb"}
 # What training depends on, of the train: section (threads, a given checkpoint and the embedding do not).
 TRAIN_SETTINGS = {k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")}
+EMBED_SETTINGS = settings(
+    annotation=ANNOTATION, embedding=config["train"]["embedding"], device=config["train"]["device"],
+    normalization=NORMALIZATION,
+)
+
+
+def train_settings(split):
+    return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **TRAIN_SETTINGS)
+
+
+def ingest_settings(platemap):
+    return settings(
+        annotation=ANNOTATION,
+        format="sqlite" if SYNTHETIC else config["dataset"]["format"],
+        platemap=(platemap or [None])[0],
+        compartments=config["dataset"]["compartments"],
+        features=config["dataset"]["features"],
+        blocklist=config["dataset"]["blocklist"],
+    )
+
+
+# ---------------------------------------------------------------------------------------- inputs
 
 
 def raw_plate(wildcards):
@@ -113,40 +157,25 @@ else:  # barcode_platemap: each plate its own
     PLATEMAP = plate_platemap
 
 
-def ingest_settings(platemap):
-    return settings(
-        format="sqlite" if SYNTHETIC else config["dataset"]["format"],
-        platemap=(platemap or [None])[0],
-        plate_col=MD["plate"],
-        well_col=MD["well"],
-        compartments=config["dataset"]["compartments"],
-        features=config["dataset"]["features"],
-        blocklist=config["dataset"]["blocklist"],
-    )
-
-
 # The plates each plate's wells are ranked against: its own, or every plate of its split.
+RANK_WITHIN_PLATE = EVAL["reference"] == "plate"
 RANKED_AGAINST = {p: [p] for p in PLATES}
-if config["evaluate"]["reference"] == "split":
+if not RANK_WITHIN_PLATE:
     RANKED_AGAINST = {p: list(s) for s in (TRAIN_PLATES, VALIDATION_PLATES) for p in s}
 
 
-def ranked_profiles(plate, method):
-    return [f"{R}/profiles/{method}/{p}.parquet" for p in RANKED_AGAINST.get(plate, [plate])]
-
-
-def evaluate_input(wildcards):
-    """Each method's ranked plates in turn (evaluate's --profiles, in the order of its outputs)."""
-    return [f for m in METHODS for f in ranked_profiles(wildcards.plate, m)]
-
-
-# a pattern where each plate is ranked against itself alone
-RANK_WITHIN_PLATE = config["evaluate"]["reference"] == "plate"
-EVALUATE_INPUT = [f"{R}/profiles/{m}/{{plate}}.parquet" for m in METHODS] if RANK_WITHIN_PLATE else evaluate_input
+def ranked_profiles(method):
+    """evaluate's input for one method: a pattern where each plate is ranked against itself alone."""
+    if RANK_WITHIN_PLATE:
+        return f"{R}/profiles/{method}/{{plate}}.parquet"
+    return lambda w: [f"{R}/profiles/{method}/{p}.parquet" for p in RANKED_AGAINST.get(w.plate, [w.plate])]
 
 
 def model_path():
     return MODEL_CHECKPOINT if MODEL_CHECKPOINT else f"{R}/model/model.pt"
+
+
+# ---------------------------------------------------------------------------------------- resources
 
 
 def input_size_mb(input):
@@ -177,6 +206,21 @@ def runtime_from_input(floor=10, per_gb=0.0):
     return lambda wildcards, input, attempt: int(floor + per_gb * input_size_mb(input) / 1024) * attempt
 
 
+# ---------------------------------------------------------------------------------------- targets
+
+
+# What the evaluation adds to the default target (per-compound table, PR curves, effective ranks, the sweep)
+EVALUATION_OUTPUTS = [
+    f"{R}/tables/ap_per_compound.csv",
+    f"{R}/plots/pr_curves.png",
+    f"{R}/plots/effective_rank.png",
+]
+if SWEEP_SIZES:
+    EVALUATION_OUTPUTS += [
+        f"{R}/tables/sampling_sweep.csv", f"{R}/tables/sampling_sweep.md", f"{R}/plots/sampling_sweep.png"
+    ]
+
+
 def all_outputs():
     return [
         f"{R}/tables/map_per_plate.csv",
@@ -184,5 +228,23 @@ def all_outputs():
         f"{R}/plots/map_per_plate.png",
         f"{R}/plots/cells_per_well.png",
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
-        *EVALUATION_OUTPUTS,  # workflow/rules/report.smk
+        *EVALUATION_OUTPUTS,
     ]
+
+
+def toy_runs():
+    if EXPERIMENT is None:
+        return []
+    if EXPERIMENT["variant"] == "sphering":
+        return [f"eps{e:g}" for e in EXPERIMENT["epsilons"]]
+    return [EXPERIMENT["variant"]]
+
+
+def toy_settings(wildcards):
+    spec = {k: v for k, v in EXPERIMENT.items() if k != "epsilons"}
+    spec["epsilon"] = float(wildcards.plate[3:]) if wildcards.plate.startswith("eps") else 0.0
+    return settings(**spec)
+
+
+def experiment_outputs():
+    return [f"{TOY}/results.md", f"{TOY}/results.csv"] + [f"{TOY}/{r}/classes.png" for r in toy_runs()]

@@ -1,171 +1,121 @@
 # The model-capacity experiments (experiments/*.yaml): toy classes with equal means and different
-# covariances. One run per {run}: sphering makes one run per epsilon. Reuses the train, embed,
-# aggregate and evaluate steps of the screen workflow on the toy "plates".
+# covariances. Each toy run is a "plate" of its own (the sphering preset makes one run per epsilon):
+# its training data is packed, trained on, embedded and aggregated, and evaluated by the screen
+# workflow's own rules, given the toy's files.
 
 
 rule toy_data:
     output:
-        train=f"{TOY}/{{run}}/train.parquet",
-        validation=f"{TOY}/{{run}}/validation.parquet",
-        features=f"{TOY}/{{run}}/features.txt",
-        figure=f"{TOY}/{{run}}/classes.png",
+        train=f"{TOY}/{{plate}}/train.parquet",
+        validation=f"{TOY}/{{plate}}/validation.parquet",
+        features=f"{TOY}/{{plate}}/features.txt",
+        figure=f"{TOY}/{{plate}}/classes.png",
     params:
         settings=toy_settings,
     log:
-        f"{R}/logs/toy_data/{{run}}.log",
+        f"{R}/logs/toy_data/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/toy_data/{{run}}.tsv"
+        f"{R}/benchmarks/toy_data/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **SMALL,
     conda:
         f"{ENVS}/plots.yaml"
     shell:
-        "python -m cytoagg toy-data --out-train {output.train:q} --out-validation {output.validation:q} "
+        "python -m cytoagg toy-data --plate {wildcards.plate:q} --out-train {output.train:q} --out-validation {output.validation:q} "
         "--out-features {output.features:q} --out-figure {output.figure:q} --params {params.settings:q} 2> {log:q}"
 
 
-rule toy_pack_cells:
+use rule pack_cells as toy_pack_cells with:
     input:
-        normalized=f"{TOY}/{{run}}/train.parquet",
-        features=f"{TOY}/{{run}}/features.txt",
+        normalized=f"{TOY}/{{plate}}/train.parquet",
+        features=f"{TOY}/{{plate}}/features.txt",
     output:
-        cells=f"{TOY}/{{run}}/cellstore/train.npy",
-        wells=f"{TOY}/{{run}}/cellstore/train.wells.parquet",
-    params:
-        settings=settings(**ANNOTATION),
+        directory(f"{TOY}/{{plate}}/cellstore"),
     log:
-        f"{R}/logs/toy_pack_cells/{{run}}.log",
+        f"{R}/logs/toy_pack_cells/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/toy_pack_cells/{{run}}.tsv"
-    threads: 1
+        f"{R}/benchmarks/toy_pack_cells/{{plate}}.tsv"
     resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        f"{ENVS}/tables.yaml"
-    shell:
-        "python -m cytoagg pack-cells --normalized {input.normalized:q} --features {input.features:q} "
-        "--out-cells {output.cells:q} --out-wells {output.wells:q} --plate {wildcards.run:q} "
-        "--params {params.settings:q} 2> {log:q}"
+        **SMALL,
 
 
-rule toy_train:
+use rule train as toy_train with:
     input:
-        cells=f"{TOY}/{{run}}/cellstore/train.npy",
-        wells=f"{TOY}/{{run}}/cellstore/train.wells.parquet",
-        features=f"{TOY}/{{run}}/features.txt",
+        cell_stores=[f"{TOY}/{{plate}}/cellstore"],
+        features=f"{TOY}/{{plate}}/features.txt",
     output:
-        model=f"{TOY}/{{run}}/model.pt",
-        history=f"{TOY}/{{run}}/training_log.csv",
+        model=f"{TOY}/{{plate}}/model.pt",
+        history=f"{TOY}/{{plate}}/training_log.csv",
     params:
-        settings=settings(
-            train=TRAIN_SETTINGS,
-            **TOY_ANNOTATION,
-        ),
+        settings=train_settings(TOY_SPLIT),
     log:
-        f"{R}/logs/toy_train/{{run}}.log",
+        f"{R}/logs/toy_train/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/toy_train/{{run}}.tsv"
-    threads: config["train"]["threads"]
+        f"{R}/benchmarks/toy_train/{{plate}}.tsv"
     resources:
         mem_mb=2000,
         runtime=120,
-    conda:
-        f"{ENVS}/torch.yaml"
-    shell:
-        "python -m cytoagg train --plate-names {wildcards.run:q} --cells {input.cells:q} --wells {input.wells:q} "
-        "--features {input.features:q} "
-        "--out-model {output.model:q} --out-log {output.history:q} --threads {threads} --params {params.settings:q} 2> {log:q}"
+        **GPU,
 
 
-rule toy_embed:
+use rule embed as toy_embed with:
     input:
-        cells=f"{TOY}/{{run}}/validation.parquet",
-        model=f"{TOY}/{{run}}/model.pt",
+        normalized=f"{TOY}/{{plate}}/validation.parquet",
+        model=f"{TOY}/{{plate}}/model.pt",
     output:
-        f"{TOY}/{{run}}/profiles/model.parquet",
-    params:
-        settings=settings(embedding=config["train"]["embedding"], device=config["train"]["device"], **ANNOTATION),
+        f"{TOY}/{{plate}}/profiles/model.parquet",
     log:
-        f"{R}/logs/toy_embed/{{run}}.log",
+        f"{R}/logs/toy_embed/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/toy_embed/{{run}}.tsv"
-    threads: 1
+        f"{R}/benchmarks/toy_embed/{{plate}}.tsv"
     resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        f"{ENVS}/torch.yaml"
-    shell:
-        "python -m cytoagg embed --normalized {input.cells:q} --checkpoint {input.model:q} --out {output:q} "
-        "--plate {wildcards.run:q} --params {params.settings:q} 2> {log:q}"
+        **SMALL,
+        **GPU,
 
 
-rule toy_mean:
+use rule aggregate as toy_aggregate with:
     input:
-        cells=f"{TOY}/{{run}}/validation.parquet",
-        features=f"{TOY}/{{run}}/features.txt",
+        normalized=f"{TOY}/{{plate}}/validation.parquet",
+        features=f"{TOY}/{{plate}}/features.txt",
     output:
-        f"{TOY}/{{run}}/profiles/mean.parquet",
-    params:
-        settings=settings(**ANNOTATION),
+        **{b: f"{TOY}/{{plate}}/profiles/{b}.parquet" for b in BASELINES},
     log:
-        f"{R}/logs/toy_mean/{{run}}.log",
+        f"{R}/logs/toy_aggregate/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/toy_mean/{{run}}.tsv"
-    threads: 1
+        f"{R}/benchmarks/toy_aggregate/{{plate}}.tsv"
     resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        f"{ENVS}/tables.yaml"
-    shell:
-        "python -m cytoagg aggregate --normalized {input.cells:q} --features {input.features:q} --out {output:q} "
-        "--method mean --plate {wildcards.run:q} --params {params.settings:q} 2> {log:q}"
+        **SMALL,
 
 
-rule toy_evaluate:
+use rule evaluate as toy_evaluate with:
     input:
-        f"{TOY}/{{run}}/profiles/{{method}}.parquet",
+        **{m: f"{TOY}/{{plate}}/profiles/{m}.parquet" for m in METHODS},
     output:
-        f"{TOY}/{{run}}/ap/{{method}}.parquet",
-    params:
-        settings=settings(**ANNOTATION),
+        **{m: f"{TOY}/{{plate}}/ap/{m}.parquet" for m in METHODS},
     log:
-        f"{R}/logs/toy_evaluate/{{run}}/{{method}}.log",
+        f"{R}/logs/toy_evaluate/{{plate}}.log",
     benchmark:
-        f"{R}/benchmarks/toy_evaluate/{{run}}/{{method}}.tsv"
-    threads: 1
+        f"{R}/benchmarks/toy_evaluate/{{plate}}.tsv"
     resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        f"{ENVS}/tables.yaml"
-    shell:
-        "python -m cytoagg evaluate --profiles {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        **SMALL,
 
 
 rule toy_summary:
     input:
-        ap=[f"{TOY}/{r}/ap/{m}.parquet" for r in toy_runs() for m in ("model", "mean")],
+        **{m: [f"{TOY}/{r}/ap/{m}.parquet" for r in toy_runs()] for m in ("model", "mean")},
     output:
         md=f"{TOY}/results.md",
         csv=f"{TOY}/results.csv",
-    params:
-        runs=[r for r in toy_runs() for m in ("model", "mean")],
-        methods=[m for r in toy_runs() for m in ("model", "mean")],
     log:
         f"{R}/logs/toy_summary.log",
     benchmark:
         f"{R}/benchmarks/toy_summary.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **SMALL,
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        "python -m cytoagg toy-summary --runs {params.runs:q} --methods {params.methods:q} --ap {input.ap:q} "
+        f"python -m cytoagg toy-summary {named_file_args('--ap', ('model', 'mean'), 'input')} "
         "--out-md {output.md:q} --out-csv {output.csv:q} 2> {log:q}"

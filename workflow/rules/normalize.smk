@@ -1,5 +1,5 @@
-# Per-plate normalization (statistics fit on that plate only), then feature selection fit on the
-# training plates only and applied to every plate downstream.
+# Per-plate normalization of the cells: statistics fit on that plate only (normalize.samples: all of its
+# cells, or those a query selects), streamed within normalize.memory_mb.
 
 
 rule normalize:
@@ -8,7 +8,7 @@ rule normalize:
     output:
         f"{R}/normalized/{{plate}}.parquet",
     params:
-        settings=settings(well_col=MD["well"], **config["normalize"]),
+        settings=settings(annotation=ANNOTATION, **config["normalize"]),
     log:
         f"{R}/logs/normalize/{{plate}}.log",
     benchmark:
@@ -21,26 +21,3 @@ rule normalize:
         f"{ENVS}/tables.yaml"
     shell:
         "python -m cytoagg normalize --src {input:q} --out {output:q} --threads {threads} --params {params.settings:q} 2> {log:q}"
-
-
-rule select_features:
-    input:
-        expand(f"{R}/normalized/{{plate}}.parquet", plate=TRAIN_PLATES),
-    output:
-        f"{R}/features.txt",
-    params:
-        settings=settings(
-            blocklist=config["dataset"]["blocklist"] or None, **config["feature_select"]
-        ),
-    log:
-        f"{R}/logs/select_features.log",
-    benchmark:
-        f"{R}/benchmarks/select_features.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda w: 2000 + config["feature_select"]["max_cells"] // 100,
-        runtime=runtime_from_input(floor=15, per_gb=5),
-    conda:
-        f"{ENVS}/tables.yaml"
-    shell:
-        "python -m cytoagg select-features --plates {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"

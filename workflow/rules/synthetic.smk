@@ -12,8 +12,7 @@ rule synthetic_plate:
         f"{R}/benchmarks/synthetic_plate/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **SMALL,
     conda:
         f"{ENVS}/tables.yaml"
     shell:
@@ -31,8 +30,7 @@ rule synthetic_platemap:
         f"{R}/benchmarks/synthetic_platemap.tsv"
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        **SMALL,
     conda:
         f"{ENVS}/tables.yaml"
     shell:

@@ -8,12 +8,15 @@ outputs far below that of its inputs.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..io.cells import load_plate_cells
+from ..io.cells import load_plate_cells, plate_name
+from ..io.columns import Annotation
 from ..io.files import InputError, write_table
+from ..settings import Settings
 from .average_precision import _unit_rows
 
 logger = logging.getLogger(__name__)
@@ -42,19 +45,17 @@ def effective_rank(profiles: np.ndarray, *, unit_rows: bool = True, center: bool
     return {"entropy": entropy, "effective_rank": float(np.exp(entropy)), "max_rank": int(min(x.shape)), "singular_values": p}
 
 
-def effective_rank_tables(
-    normalized: dict[str, str],
-    checkpoint,
-    out_summary,
-    out_spectra,
-    *,
-    mean_features: list[str] | None = None,
-    well_col: str = "Metadata_Well",
-    perturbation_col: str = "Metadata_broad_sample",
-    device: str = "auto",
-    threads: int = 1,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Profiles of every well of the ``normalized`` plates (plate -> path) from all their cells, as
+@dataclass(frozen=True)
+class EffectiveRankSettings(Settings):
+    """The device the model runs on, and the metadata columns."""
+
+    annotation: Annotation
+    device: str
+
+
+def effective_rank_tables(normalized: list, checkpoint, out_summary, out_spectra, settings: EffectiveRankSettings,
+                          mean_features: list[str] | None = None, threads: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Profiles of every well of the ``normalized`` plates (each named by its plate column) from all their cells, as
     ``pooled`` (the model's pooled per-cell features, before the head), ``head`` (its outputs) and
     ``mean`` (the mean baseline); the wells of all plates together.
 
@@ -68,20 +69,23 @@ def effective_rank_tables(
 
     if not normalized:
         raise InputError("effective rank: no plate to profile")
-    trained = load_model(checkpoint, device, threads)
+    trained = load_model(checkpoint, settings.device, threads)
     model, dev, features = trained.network, trained.device, trained.features
     mean_features = list(mean_features or features)
     profiles = {r: [] for r in REPRESENTATIONS}
-    for plate, path in normalized.items():
-        cells, _, _ = load_plate_cells(path, features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
+    names = []
+    for path in normalized:
+        plate = plate_name(path, settings.annotation)
+        names.append(plate)
+        cells, _, _ = load_plate_cells(path, features, plate, settings.annotation)
         pooled, head = pooled_and_head(model, cells, dev)
         profiles["pooled"].append(pooled)
         profiles["head"].append(head)
         if mean_features != features:
-            cells, _, _ = load_plate_cells(path, mean_features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
+            cells, _, _ = load_plate_cells(path, mean_features, plate, settings.annotation)
         profiles["mean"].append(aggregate_cells(cells, mean_features, "mean").to_numpy())
     rows, spectra = [], []
-    plates = " ".join(normalized)
+    plates = " ".join(names)
     for rep in REPRESENTATIONS:
         x = np.concatenate(profiles[rep])
         x = x[np.linalg.norm(x, axis=1) > 0]  # a zero profile has no direction

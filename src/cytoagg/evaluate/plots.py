@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..io.columns import Annotation  # noqa: E402
 from ..io.files import atomic_path  # noqa: E402
 
 
@@ -176,3 +177,43 @@ def plot_effective_rank(summary: pd.DataFrame, spectra: pd.DataFrame, out) -> No
     n = int(summary["n_wells"].iloc[0])
     fig.suptitle(f"{n} wells of plates {summary['plates'].iloc[0]} (rows unit length, columns centered)", fontsize=9)
     _save(fig, out)
+
+
+# --- one function per figure of the report: read the figure's inputs, draw it (each is one CLI subcommand) ---
+
+
+def cells_per_well(profile_files, annotation: Annotation) -> pd.DataFrame:
+    """plate, n_cells: one row per well of the given per-well profile files (``Metadata_n_cells``)."""
+    frames = [pd.read_parquet(f, columns=[annotation.plate_col, "Metadata_n_cells"]) for f in profile_files]
+    df = pd.concat(frames).rename(columns={annotation.plate_col: "plate", "Metadata_n_cells": "n_cells"})
+    return df.astype({"n_cells": int})
+
+
+def map_per_plate_figure(table_csv, out) -> None:
+    plot_map_per_plate(pd.read_csv(table_csv), out)
+
+
+def training_figure(training_log_csv, out) -> None:
+    plot_training_curve(pd.read_csv(training_log_csv), out)
+
+
+def cells_per_well_figure(profile_files, out, annotation: Annotation) -> None:
+    plot_cells_per_well(cells_per_well(profile_files, annotation), out)
+
+
+def pr_curve_figure(profiles: dict, out, settings) -> None:
+    """``profiles``: method -> one plate's profile file; ``settings``: :class:`~cytoagg.evaluate.retrieval.PrCurveSettings`."""
+    from .retrieval import pr_curves
+
+    plot_pr_curves(pr_curves(profiles, settings), out, plate=settings.plate)
+
+
+def sampling_sweep_figure(table_csv, profile_files, out, annotation: Annotation) -> None:
+    from .sampling_sweep import compact_sweep
+
+    compact = compact_sweep(pd.read_csv(table_csv, dtype={"cells_sampled": str}))
+    plot_map_vs_cells(compact, cells_per_well(profile_files, annotation), out)
+
+
+def effective_rank_figure(summary_csv, spectra_csv, out) -> None:
+    plot_effective_rank(pd.read_csv(summary_csv), pd.read_csv(spectra_csv), out)

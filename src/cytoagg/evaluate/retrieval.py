@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ..io.columns import Annotation
 from ..io.files import InputError, write_table
 from ..io.parquet import read_profiles
+from ..settings import Settings
+from ..splits import CompoundSplit
 from .average_precision import AP_COLUMNS, average_precision, baseline_corrected_ap
 
 logger = logging.getLogger(__name__)
@@ -120,41 +124,30 @@ def _read_all(paths) -> tuple[pd.DataFrame, np.ndarray, str]:
     return pd.concat(metas, ignore_index=True), np.concatenate(xs), label
 
 
-def negcon_mask(meta: pd.DataFrame, negcon_col: str, negcon_value) -> np.ndarray:
-    """The negative-control wells: ``negcon_col`` equal to ``negcon_value`` as text; none if the value is None."""
-    if negcon_value is None:
-        return np.zeros(len(meta), dtype=bool)
-    return (meta[negcon_col].astype("string") == str(negcon_value)).fillna(False).to_numpy(dtype=bool)
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """Config ``evaluate:`` (negcon_as_negatives, reference, moa_column, baseline_corrected) and the metadata columns."""
+
+    annotation: Annotation
+    negcon_as_negatives: bool
+    reference: str  # plate | split
+    moa_column: str | None
+    baseline_corrected: bool
 
 
-def evaluate_plate(
-    profiles_path,
-    out: str | os.PathLike,
-    *,
-    perturbation_col: str,
-    well_col: str = "Metadata_Well",
-    plate_col: str = "Metadata_Plate",
-    negcon_col: str | None = None,
-    negcon_value: str | None = None,
-    negcon_as_negatives: bool = False,
-    reference: str = "plate",
-    query_plates=None,
-    moa_col: str | None = None,
-    baseline_corrected: bool = False,
-    log=None,
-) -> pd.DataFrame:
+def evaluate_plate(profiles_path, out: str | os.PathLike, settings: EvaluateSettings, query_plates=None, log=None) -> pd.DataFrame:
     """Write (and return) one row per treated well: its AP at retrieving same-perturbation wells.
 
     ``profiles_path``: one profile file, or several (e.g. every plate of a split). ``reference``:
     ``plate`` ranks each well against the other wells of its own plate; ``split`` against the wells
     of every plate read (replicates on other plates are positives too). ``query_plates``: the plates
-    whose wells are queries and written (default: all). Negative controls (``negcon_col ==
-    negcon_value``; ``negcon_col`` defaults to ``perturbation_col``) are neither queries nor
+    whose wells are queries and written (default: all). Negative controls (the annotation's
+    ``negcon_col == negcon_value``) are neither queries nor
     candidates, unless ``negcon_as_negatives``: then they are the only negatives. A perturbation with
     a single treated well has no replicate: its well is written with ``n_positives == 0`` and NaN AP,
     so the summary can count skipped queries. Control wells are not written.
 
-    ``moa_col``, when the profiles have it: also MoA retrieval (``moa_*`` columns): positives are the
+    ``moa_column``, when the profiles have it: also MoA retrieval (``moa_*`` columns): positives are the
     wells of other perturbations with the same MoA, the query's own replicates are not candidates
     (as the paper's ``percent_matching``); wells with no MoA are neither queries nor candidates.
     ``baseline_corrected``: also ``baseline_corrected_ap`` = max(AP - n_positives / n_candidates, 0)
@@ -164,10 +157,12 @@ def evaluate_plate(
     ``n_positives``, ``n_candidates``, the optional ones above, then the well's other ``Metadata_*``.
     """
     say = _logger(log)
+    annotation, reference, negcon_as_negatives = settings.annotation, settings.reference, settings.negcon_as_negatives
+    plate_col, well_col, perturbation_col = annotation.plate_col, annotation.well_col, annotation.perturbation_col
+    negcon_col, negcon_value, moa_col = annotation.negcon_col, annotation.negcon_value, settings.moa_column
     if reference not in ("plate", "split"):
         raise InputError(f"evaluate.reference must be 'plate' or 'split', got {reference!r}")
     meta, x, name = _read_all(profiles_path)
-    negcon_col = negcon_col or perturbation_col
     required = {"perturbation": perturbation_col, "well": well_col, "plate": plate_col}
     if negcon_value is not None:
         required["negative control"] = negcon_col
@@ -178,7 +173,7 @@ def evaluate_plate(
         raise InputError(f"{name}: no wells")
     _check_profiles(name, meta, x, plate_col, well_col, perturbation_col)
 
-    negcon = negcon_mask(meta, negcon_col, negcon_value)
+    negcon = annotation.negcon_mask(meta)
     plates = meta[plate_col].astype("string").to_numpy(dtype=object)
     if query_plates is None:
         is_query = np.ones(len(meta), dtype=bool)
@@ -209,7 +204,7 @@ def evaluate_plate(
             say(f"plate {group}: no well has {negcon_col} == {negcon_value!r}")
         common = dict(negcon=negcon[rows], negcon_as_negatives=negcon_as_negatives, queries=is_query[rows])
         ap = _retrieval(x[rows], perturbation[rows], **common)
-        if baseline_corrected:
+        if settings.baseline_corrected:
             ap[CORRECTED] = baseline_corrected_ap(ap["average_precision"], ap["n_positives"], ap["n_candidates"])
         if has_moa:
             moa = meta[moa_col].iloc[rows]
@@ -223,7 +218,7 @@ def evaluate_plate(
                 ap[f"moa_{col}"] = m[col].to_numpy()
             ap["moa_n_positives"] = ap["moa_n_positives"].fillna(0).astype(np.int64)
             ap["moa_n_candidates"] = ap["moa_n_candidates"].fillna(0).astype(np.int64)
-            if baseline_corrected:
+            if settings.baseline_corrected:
                 ap[f"moa_{CORRECTED}"] = baseline_corrected_ap(
                     ap["moa_average_precision"], ap["moa_n_positives"], ap["moa_n_candidates"]
                 )
@@ -246,18 +241,19 @@ def evaluate_plate(
     return result
 
 
-def pr_curves(
-    profiles: dict[str, str | os.PathLike],
-    *,
-    perturbation_col: str,
-    group_col: str | None = None,
-    well_col: str = "Metadata_Well",
-    negcon_col: str | None = None,
-    negcon_value: str | None = None,
-    negcon_as_negatives: bool = False,
-    validation_compounds=0.25,
-    split_seed: int = 0,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class PrCurveSettings(Settings):
+    """The precision-recall figure: which plate, one curve per value of ``group_column`` (``evaluate.pr_curve_column``),
+    ``evaluate.negcon_as_negatives``, the compound split and the metadata columns."""
+
+    annotation: Annotation
+    plate: str
+    group_column: str | None
+    negcon_as_negatives: bool
+    split: CompoundSplit
+
+
+def pr_curves(profiles: dict[str, str | os.PathLike], settings: PrCurveSettings) -> pd.DataFrame:
     """Precision-recall curves of one query well per group, for each method (profiles: method -> one plate's file).
 
     Groups: the values of ``group_col`` (e.g. the compound kind) when the profiles have it, else the
@@ -266,21 +262,21 @@ def pr_curves(
     same query, as the evaluate step ranks it. Returns one row per (group, method, rank): group,
     method, well, perturbation, average_precision, rank, recall, precision.
     """
-    from ..splits import split_compounds
     from .average_precision import ranked_relevance
 
+    annotation, group_col, negcon_as_negatives = settings.annotation, settings.group_column, settings.negcon_as_negatives
+    perturbation_col, well_col = annotation.perturbation_col, annotation.well_col
     read = {m: read_profiles(p)[:2] for m, p in profiles.items()}
     first = next(iter(read))
     meta = read[first][0]
     _require_columns(profiles[first], meta, {"perturbation": perturbation_col, "well": well_col})
     wells = meta[well_col].astype(str).to_numpy()
-    negcon_col = negcon_col or perturbation_col
-    negcon = negcon_mask(meta, negcon_col, negcon_value if negcon_col in meta.columns else None)
+    negcon = annotation.negcon_mask(meta) if annotation.negcon_col in meta.columns else np.zeros(len(meta), dtype=bool)
     labels = meta[perturbation_col].to_numpy(dtype=object)
     if group_col and group_col in meta.columns and meta.loc[~negcon, group_col].notna().any():
         groups = meta[group_col].astype("string").fillna("(none)").to_numpy(dtype=object)
     else:
-        split = split_compounds(pd.unique(labels.astype(str)), validation_compounds, split_seed)
+        split = settings.split.of(pd.unique(labels.astype(str)))
         groups = np.array([f"{split[str(v)]} compounds" for v in labels], dtype=object)
     codes, treated, refs, negatives = _retrieval_sets(labels, negcon, negcon_as_negatives)
     x0 = read[first][1]

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..io.cells import PlateCells, load_plate_cells
-from ..io.files import InputError, write_table
-from .retrieval import _retrieval, negcon_mask
+from ..io.columns import Annotation
+from ..io.files import InputError, write_table, write_text
+from ..settings import Settings
+from .retrieval import _retrieval
+from .summarize import Splits, add_splits, to_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -45,33 +49,29 @@ def nested_samples(cells: PlateCells, sizes, seed: int) -> dict[int, PlateCells]
     return out
 
 
-def _score(profiles: np.ndarray, wells: pd.DataFrame, perturbation_col, negcon_col, negcon_value, negcon_as_negatives):
-    negcon = negcon_mask(wells, negcon_col, negcon_value)
+def _score(profiles: np.ndarray, wells: pd.DataFrame, annotation: Annotation, negcon_as_negatives: bool):
     ap = _retrieval(
-        profiles, wells[perturbation_col].to_numpy(dtype=object), negcon=negcon,
+        profiles, wells[annotation.perturbation_col].to_numpy(dtype=object), negcon=annotation.negcon_mask(wells),
         negcon_as_negatives=negcon_as_negatives, queries=np.ones(len(wells), dtype=bool),
     )
     return ap
 
 
-def sweep_plate(
-    normalized,
-    checkpoint,
-    out,
-    *,
-    plate: str,
-    sizes,
-    seeds: int = 3,
-    mean_features: list[str] | None = None,
-    well_col: str = "Metadata_Well",
-    perturbation_col: str = "Metadata_broad_sample",
-    negcon_col: str | None = None,
-    negcon_value: str | None = None,
-    negcon_as_negatives: bool = False,
-    embedding: str = "head",
-    device: str = "auto",
-    threads: int = 1,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class SamplingSweepSettings(Settings):
+    """Config ``evaluate.sampling_sweep`` (sizes), ``sampling_seeds`` (seeds) and ``negcon_as_negatives``,
+    ``train.embedding``, the device, and the metadata columns."""
+
+    annotation: Annotation
+    sizes: list[int]
+    seeds: int
+    negcon_as_negatives: bool
+    embedding: str
+    device: str
+
+
+def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: SamplingSweepSettings,
+                         mean_features: list[str] | None = None, threads: int = 1) -> pd.DataFrame:
     """Write (and return) per-well AP of the model and the mean baseline for each sample size x seed, and all cells.
 
     Columns: plate, well, perturbation, method (``model`` / ``mean``), cells_sampled (the size as
@@ -81,20 +81,21 @@ def sweep_plate(
     from ..model.checkpoint import load_model
     from ..model.inference import embed_cells
 
+    annotation, embedding, seeds = settings.annotation, settings.embedding, settings.seeds
+    well_col, perturbation_col = annotation.well_col, annotation.perturbation_col
     if embedding not in ("head", "pooled"):
         raise InputError(f"train.embedding must be 'head' or 'pooled', got {embedding!r}")
-    sizes = sorted({int(s) for s in sizes})
+    sizes = sorted({int(s) for s in settings.sizes})
     if not sizes:
         raise InputError("evaluate.sampling_sweep is empty: nothing to sweep")
-    trained = load_model(checkpoint, device, threads)
+    trained = load_model(checkpoint, settings.device, threads)
     model, dev = trained.network, trained.device
-    negcon_col = negcon_col or perturbation_col
     feats = {"model": trained.features, "mean": list(mean_features or trained.features)}
     loaded = {}
     for method, f in feats.items():
         key = tuple(f)
         if key not in loaded:
-            loaded[key] = load_plate_cells(normalized, f, plate=plate, well_col=well_col, perturbation_col=perturbation_col)[:2]
+            loaded[key] = load_plate_cells(normalized, f, plate, annotation)[:2]
 
     def profile(method: str, cells: PlateCells) -> np.ndarray:
         if method == "model":
@@ -106,13 +107,15 @@ def sweep_plate(
     parts = []
     for method, f in feats.items():
         cells, wells = loaded[tuple(f)]
-        if negcon_value is not None and negcon_col not in wells.columns:
-            raise InputError(f"{normalized}: negative-control column {negcon_col!r} not found or not constant within wells")
+        if annotation.negcon_value is not None and annotation.negcon_col not in wells.columns:
+            raise InputError(
+                f"{normalized}: negative-control column {annotation.negcon_col!r} not found or not constant within wells"
+            )
         draws = [(ALL, -1, cells)] + [
             (str(n), s, sub) for s in range(seeds) for n, sub in nested_samples(cells, sizes, s).items()
         ]
         for label, seed, sub in draws:
-            ap = _score(profile(method, sub), wells, perturbation_col, negcon_col, negcon_value, negcon_as_negatives)
+            ap = _score(profile(method, sub), wells, annotation, settings.negcon_as_negatives)
             counts = sub.counts[ap.index.to_numpy()]
             parts.append(
                 pd.DataFrame(
@@ -137,14 +140,12 @@ def _order_key(s: pd.Series) -> pd.Series:
     return s.map(lambda v: float("inf") if v == ALL else float(v))
 
 
-def summarize_sweep(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0):
+def summarize_sweep(ap: pd.DataFrame, splits: Splits):
     """Per plate x compound split x method x cells sampled x seed: mAP, precision at R, mean cells used.
 
     Returns (long table, :func:`compact_sweep` of it).
     """
-    from .summarize import add_splits
-
-    ap = add_splits(ap, plate_split, validation_compounds, split_seed)
+    ap = add_splits(ap, splits)
     rows = []
     for part in ("train", "validation", "all"):
         sub = ap if part == "all" else ap[ap["compound_split"] == part]
@@ -186,3 +187,18 @@ def compact_sweep(long: pd.DataFrame) -> pd.DataFrame:
         ["plate_split", "compound_split", "method", "cells_sampled"],
         key=lambda s: _order_key(s) if s.name == "cells_sampled" else s,
     ).reset_index(drop=True)
+
+
+def summarize_sampling_sweep(files, out_csv, out_md, splits: Splits) -> pd.DataFrame:
+    """The sweep's summary step: every plate's sweep (``files``) -> ``out_csv`` (long) and ``out_md`` (compact)."""
+    ap = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    long, compact = summarize_sweep(ap, splits)
+    write_table(long, out_csv)
+    write_text(
+        "# mAP vs cells sampled per well\n\n"
+        "Each well profiled from a random sample of its cells (without replacement; a well with fewer cells keeps "
+        "all of them), mean over the plates of a split, then mean and sd over seeds; `all`: every cell.\n\n"
+        + to_markdown(compact),
+        out_md,
+    )
+    return long

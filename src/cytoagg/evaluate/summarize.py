@@ -9,13 +9,17 @@ of the same queries).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from ..splits import split_compounds
+from ..io.files import write_table, write_text
+from ..settings import Settings
+from ..splits import CompoundSplit
 from .significance import mean_average_precision, paired_test
 
-SEED_COLUMNS = {
+HEADLINE_COLUMNS = {
     ("train", "model"): "Training mAP model",
     ("train", "mean"): "Training mAP BM",
     ("validation", "model"): "Validation mAP model",
@@ -26,12 +30,31 @@ PARTS = ("train", "validation", "all")
 _SPLIT_ORDER = {"train": 0, "validation": 1, "unknown": 2}
 
 
-def add_splits(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Splits(Settings):
+    """Which plates were trained on (config ``plates:``, plate -> train | validation) and which compounds
+    were held out of training (config ``compounds:``)."""
+
+    plate_split: dict
+    compounds: CompoundSplit
+
+
+@dataclass(frozen=True)
+class SummarizeSettings(Settings):
+    """The splits and config ``evaluate:``'s null_size, significance_threshold and seed."""
+
+    splits: Splits
+    null_size: int
+    significance_threshold: float
+    seed: int
+
+
+def add_splits(ap: pd.DataFrame, splits: Splits) -> pd.DataFrame:
     """``ap`` with ``plate_split`` (train/validation/unknown) and ``compound_split`` (train/validation) columns."""
     ap = ap.copy()
-    split = split_compounds(ap["perturbation"].astype(str).unique(), validation_compounds, split_seed)
+    split = splits.compounds.of(ap["perturbation"].astype(str).unique())
     ap["compound_split"] = ap["perturbation"].astype(str).map(split)
-    ap["plate_split"] = ap["plate"].astype(str).map(lambda p: plate_split.get(p, "unknown"))
+    ap["plate_split"] = ap["plate"].astype(str).map(lambda p: splits.plate_split.get(p, "unknown"))
     return ap
 
 
@@ -91,14 +114,7 @@ def _paired_with_baseline(g: pd.DataFrame, method: str):
     return paired_test(both["average_precision"], both["average_precision_bm"])
 
 
-def map_per_plate(
-    ap: pd.DataFrame,
-    plate_split: dict[str, str],
-    validation_compounds,
-    split_seed: int = 0,
-    *,
-    per_compound: pd.DataFrame | None = None,
-) -> pd.DataFrame:
+def map_per_plate(ap: pd.DataFrame, splits: Splits, *, per_compound: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long table: one row per plate x method x compound split (plus ``all``).
 
     ``ap``: per-well AP rows (columns plate, well, perturbation, method, average_precision,
@@ -111,7 +127,7 @@ def map_per_plate(
     tables have them: ``moa_mAP`` / ``moa_precision_at_R`` (MoA retrieval, averaged the same way)
     and ``baseline_corrected_mAP`` (not the plain mAP: AP - n_positives / n_candidates, clipped at 0).
     """
-    ap = add_splits(ap, plate_split, validation_compounds, split_seed)
+    ap = add_splits(ap, splits)
     if per_compound is not None and len(per_compound):
         retrieved = per_compound.set_index(["plate", "method", "compound"])["retrieved"]
     else:
@@ -126,7 +142,7 @@ def map_per_plate(
                 p, diff, n_pairs = _paired_with_baseline(by_plate, method)
                 row = {
                     "plate": plate,
-                    "plate_split": plate_split.get(plate, "unknown"),
+                    "plate_split": splits.plate_split.get(plate, "unknown"),
                     "compound_split": part,
                     "method": method,
                     "mAP": compounds.mean() if len(compounds) else np.nan,
@@ -161,9 +177,9 @@ def map_per_plate(
     ).reset_index(drop=True)
 
 
-def pooled_tests(ap: pd.DataFrame, plate_split: dict[str, str], validation_compounds, split_seed: int = 0) -> pd.DataFrame:
+def pooled_tests(ap: pd.DataFrame, splits: Splits) -> pd.DataFrame:
     """Model vs mean baseline over all queries of all plates of a split: one row per plate split x compound split."""
-    ap = add_splits(ap, plate_split, validation_compounds, split_seed)
+    ap = add_splits(ap, splits)
     rows = []
     for ps, g in ap.groupby("plate_split", sort=False):
         for part in PARTS:
@@ -180,8 +196,8 @@ def _pick(g: pd.DataFrame, part: str, method: str, col: str):
     return v.iloc[0] if len(v) else np.nan
 
 
-def seed_table(long: pd.DataFrame, pooled: pd.DataFrame | None = None, column: str = "mAP") -> pd.DataFrame:
-    """The seed layout: plate | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM,
+def headline_table(long: pd.DataFrame, pooled: pd.DataFrame | None = None, column: str = "mAP") -> pd.DataFrame:
+    """The headline layout (CytoSummaryNet's tables): plate | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM,
 
     then Retrieved model | Retrieved BM (fraction of compounds retrieved better than chance) and the
     paired p-values of model vs BM for training and validation compounds. Training/Validation refer
@@ -194,7 +210,7 @@ def seed_table(long: pd.DataFrame, pooled: pd.DataFrame | None = None, column: s
     rows = []
     for plate, g in long.groupby("plate", sort=False):
         row = {"plate": plate, "plate split": g["plate_split"].iloc[0]}
-        for (part, method), name in SEED_COLUMNS.items():
+        for (part, method), name in HEADLINE_COLUMNS.items():
             row[name.replace("mAP", label)] = _pick(g, part, method, column)
         row["PR model"] = _pick(g, "all", "model", "precision_at_R")
         row["PR BM"] = _pick(g, "all", "mean", "precision_at_R")
@@ -239,7 +255,7 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) 
 
 
 def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, threshold: float = 0.05) -> str:
-    """``map_per_plate.md``: the seed table, and the baseline-corrected one when the APs have it."""
+    """``map_per_plate.md``: the headline table, and the baseline-corrected one when the APs have it."""
     p_fmt = {c: format_p for c in ("Training p (model vs BM)", "Validation p (model vs BM)")}
     text = (
         "# Replicate retrieval mAP per plate\n\n"
@@ -247,14 +263,14 @@ def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, thre
         "BM: mean-aggregation baseline. Retrieved: fraction of compounds whose mAP beats random rankings "
         f"(permutation p-value, BH-corrected per plate and method, < {threshold:g}). "
         "p (model vs BM): two-sided Wilcoxon signed-rank test of the model's AP against BM's over the same "
-        "query wells (mean rows: over all query wells of those plates).\n\n" + to_markdown(seed_table(long, pooled), formats=p_fmt)
+        "query wells (mean rows: over all query wells of those plates).\n\n" + to_markdown(headline_table(long, pooled), formats=p_fmt)
     )
     if "baseline_corrected_mAP" in long.columns:
         text += (
             "\n## Baseline-corrected mAP\n\n"
             "Not the plain mAP: each well's AP minus its random-ranking baseline (n_positives / n_candidates), "
             "clipped at 0 (CytoSummaryNet's correction), then averaged like the mAP.\n\n"
-            + to_markdown(seed_table(long, pooled, column="baseline_corrected_mAP"), formats=p_fmt)
+            + to_markdown(headline_table(long, pooled, column="baseline_corrected_mAP"), formats=p_fmt)
         )
     if "moa_mAP" in long.columns:
         moa = long[long.compound_split == "all"].pivot_table(index=["plate_split", "plate"], columns="method", values="moa_mAP")
@@ -265,3 +281,20 @@ def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, thre
             + to_markdown(moa.rename(columns={"plate_split": "plate split"}))
         )
     return text
+
+
+def summarize_plates(ap_files: dict[str, list], out_csv, out_md, out_compounds, settings: SummarizeSettings) -> pd.DataFrame:
+    """The summarize step: every method's per-well AP files (method -> files) -> ``out_csv`` (the long mAP
+    table), ``out_md`` (the headline tables) and ``out_compounds`` (per compound, with p-values)."""
+    ap = pd.concat(
+        [pd.read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files], ignore_index=True
+    )
+    per_compound = ap_per_compound(
+        add_splits(ap, settings.splits), null_size=settings.null_size, threshold=settings.significance_threshold,
+        seed=settings.seed,
+    )
+    long = map_per_plate(ap, settings.splits, per_compound=per_compound)
+    write_table(long, out_csv)
+    write_table(per_compound, out_compounds)
+    write_text(markdown_report(long, pooled_tests(ap, settings.splits), settings.significance_threshold), out_md)
+    return long

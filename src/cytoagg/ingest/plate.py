@@ -6,16 +6,18 @@ import gzip
 import logging
 import sqlite3
 import zlib
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from ..io.columns import METADATA_PREFIX, metadata_columns
+from ..io.columns import METADATA_PREFIX, Annotation, metadata_columns
 from ..io.files import InputError, atomic_path, available_cpus
 from ..io.parquet import cell_writer, profile_schema, rows_per_group, to_arrow
-from ..io.platemap import load_platemap
+from ..io.platemap import read_platemap
+from ..settings import Settings
 from .cellprofiler_csv import CellProfilerCsvSource
 from .formats import FORMATS, detect_format
 from .single_cell import SingleCellCsv, SingleCellParquet
@@ -71,42 +73,38 @@ def _log_dropped(log: logging.Logger, path: Path, dropped: dict[str, list[str]])
             log.info("%s: dropped %d %s column(s): %s%s", path, len(names), reason, ", ".join(names[:8]), more)
 
 
-def ingest_plate(
-    source,
-    out,
-    *,
-    plate: str,
-    fmt: str = "auto",
-    barcode_platemap=None,
-    platemap_dir=None,
-    platemap=None,
-    plate_col="Metadata_Plate",
-    well_col="Metadata_Well",
-    compartments=("Cells", "Cytoplasm", "Nuclei"),
-    features=None,
-    blocklist=None,
-    chunk_rows=50_000,
-    workers=None,
-    log=None,
-) -> dict:
+@dataclass(frozen=True)
+class IngestSettings(Settings):
+    """What ingest needs of the config: ``dataset:`` (format, compartments, features, blocklist), this plate's
+    platemap file (resolved from ``dataset.platemap`` or the barcode platemap) and the metadata columns."""
+
+    annotation: Annotation
+    format: str  # auto | sqlite | csv | parquet
+    platemap: str | None
+    compartments: list[str]
+    features: list[str] | None  # None: every feature of the compartments
+    blocklist: list[str]
+
+
+def ingest_plate(source, out, plate: str, settings: IngestSettings, *, chunk_rows=50_000, workers=None, log=None) -> dict:
     """Write one plate's cells to ``out`` (Parquet, rows ordered by well) and return a summary.
 
     ``source`` is a CellProfiler SQLite file, a folder of CellProfiler CSV site folders, or a single-cell
-    Parquet/CSV. ``plate`` is written to ``plate_col`` whatever the source says. A bad input raises
+    Parquet/CSV. ``plate`` is written to the plate column whatever the source says. A bad input raises
     ``InputError`` naming the file and column/table, and leaves no file at ``out``. ``workers``: processes
     reading a SQLite plate at once (default: the CPUs this process may use, at most 8).
     """
     log = log or logger
     source, out = Path(source), Path(out)
+    plate_col, well_col = settings.annotation.plate_col, settings.annotation.well_col
+    compartments, features, blocklist = settings.compartments, settings.features, settings.blocklist
     for col in (plate_col, well_col):
         if not col.startswith(METADATA_PREFIX):
             raise InputError(f"{col!r}: plate and well columns must start with {METADATA_PREFIX}")
-    loaded = load_platemap(
-        plate, barcode_platemap=barcode_platemap, platemap_dir=platemap_dir, platemap=platemap, log=log
-    )
-    annotations, platemap_file = loaded if loaded else (None, None)
+    platemap_file = None if settings.platemap is None else Path(settings.platemap)
+    annotations = None if platemap_file is None else read_platemap(platemap_file)
     try:
-        src = open_source(source, fmt, list(compartments), well_col, out.parent)
+        src = open_source(source, settings.format, list(compartments), well_col, out.parent)
         try:
             summary = _write(
                 src, out, plate, annotations, plate_col, well_col, compartments, features, blocklist, chunk_rows,

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from .columns import Annotation
 from .files import InputError
 from .parquet import read_profiles
 
@@ -49,15 +51,14 @@ class PlateCells:
 
 
 
-def load_plate_cells(
-    path, features: list[str], *, plate: str, well_col: str, perturbation_col: str
-) -> tuple[PlateCells, pd.DataFrame, pd.Series]:
+def load_plate_cells(path, features: list[str], plate: str, annotation: Annotation) -> tuple[PlateCells, pd.DataFrame, pd.Series]:
     """Read a normalized plate: its cells grouped by well, each well's metadata, and cells dropped per well.
 
     Cells with NaN/inf in any of ``features`` are dropped (counted per well); a well left with no
     cell disappears.
     """
     meta, x, _ = read_profiles(path, features)
+    well_col, perturbation_col = annotation.well_col, annotation.perturbation_col
     for col in (well_col, perturbation_col):
         if col not in meta.columns:
             raise InputError(f"{path}: metadata column {col!r} not found (have {sorted(meta.columns)[:10]}...)")
@@ -69,6 +70,14 @@ def load_plate_cells(
         meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
     cells = PlateCells.from_cells(plate, x, meta[well_col].to_numpy(), meta[perturbation_col].to_numpy())
     return cells, well_metadata(meta, well_col), dropped
+
+
+def plate_name(path, annotation: Annotation) -> str:
+    """The plate a per-cell or per-well file holds: its plate column's value (one per file)."""
+    values = pq.read_table(path, columns=[annotation.plate_col]).column(0).unique().to_pylist()
+    if len(values) != 1:
+        raise InputError(f"{path}: expected one plate in column {annotation.plate_col}, found {values[:5]}")
+    return str(values[0])
 
 
 def well_metadata(meta: pd.DataFrame, well_col: str) -> pd.DataFrame:

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..settings import Settings
 
 COMPARTMENTS: tuple[str, ...] = ("Cells", "Cytoplasm", "Nuclei")
 METADATA_PREFIX = "Metadata_"
@@ -54,3 +60,20 @@ def well_names(n_rows: int = 16, n_cols: int = 24) -> list[str]:
     """All wells of a plate, row-major: A01..P24 for a 384-well plate."""
     rows = [chr(ord("A") + i) for i in range(n_rows)]
     return [f"{r}{c:02d}" for r in rows for c in range(1, n_cols + 1)]
+
+
+@dataclass(frozen=True)
+class Annotation(Settings):
+    """Which metadata columns mean what: every step that reads metadata gets one (config ``metadata:``)."""
+
+    plate_col: str
+    well_col: str
+    perturbation_col: str  # the column whose replicate wells should match
+    negcon_col: str  # the column that marks negative controls (the config's null: the perturbation column)
+    negcon_value: str | None  # its value in negative-control wells; None: the plates have no controls
+
+    def negcon_mask(self, meta: pd.DataFrame) -> np.ndarray:
+        """The negative-control rows of ``meta``: ``negcon_col`` equal to ``negcon_value`` as text."""
+        if self.negcon_value is None:
+            return np.zeros(len(meta), dtype=bool)
+        return (meta[self.negcon_col].astype("string") == str(self.negcon_value)).fillna(False).to_numpy(dtype=bool)

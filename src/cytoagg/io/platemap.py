@@ -100,18 +100,16 @@ def read_platemap(path: str | os.PathLike) -> pd.DataFrame:
     return annotations
 
 
-def load_platemap(
+def platemap_file(
     plate: str,
     *,
     barcode_platemap: str | os.PathLike | None = None,
     platemap_dir: str | os.PathLike | None = None,
     platemap: str | os.PathLike | None = None,
     log: logging.Logger = logger,
-) -> tuple[pd.DataFrame, Path] | None:
-    """The platemap of ``plate`` and its path: ``platemap`` directly, or looked up via the barcode map.
-
-    None when no platemap is configured.
-    """
+) -> Path | None:
+    """The platemap file of ``plate``: ``platemap`` directly, or looked up via the barcode map
+    (config ``dataset:``); None when no platemap is configured."""
     if platemap is not None:
         path = Path(platemap)
     elif barcode_platemap is not None:
@@ -122,4 +120,4 @@ def load_platemap(
         raise InputError(f"{platemap_dir}: platemap_dir needs barcode_platemap as well")
     else:
         return None
-    return read_platemap(path), path
+    return path

@@ -12,12 +12,14 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """The network's shape (from config ``train:``; stored in the checkpoint to rebuild the network)."""
+
     n_features: int
-    cell_hidden: int = 2048
-    head_hidden: int = 256
-    out_dim: int = 2048
-    pooling: str = "sum"  # sum (the paper) | mean
-    head: str = "paper"  # paper: Linear-LeakyReLU-Linear-LeakyReLU | batchnorm: BN after each linear, L2-normalized out
+    cell_hidden: int
+    head_hidden: int
+    out_dim: int
+    pooling: str  # sum (the paper) | mean
+    head: str  # paper: Linear-LeakyReLU-Linear-LeakyReLU | batchnorm: BN after each linear, L2-normalized out
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from .. import __version__
 from ..evaluate.average_precision import average_precision
 from ..io.cells import PlateCells
 from ..io.files import InputError, exclusive_lock, write_table
-from ..splits import split_compounds
+from ..io.columns import Annotation
+from ..settings import Settings
+from ..splits import CompoundSplit
 from .cellstore import open_cell_store
 from .checkpoint import CHECKPOINT_FORMAT, save_torch
 from .inference import autocast, embed_cells
@@ -35,66 +38,54 @@ from .sampler import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
 logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 100
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    batch_compounds: int = 18
-    n_views: int = 4
-    max_wells_per_set: int = 2
-    cells_mean: float = 1500.0
-    cells_std: float = 800.0
-    cells_min: int = 100
-    cell_hidden: int = 2048
-    head_hidden: int = 256
-    out_dim: int = 2048
-    pooling: str = "sum"
-    head: str = "paper"
-    loss: str = "supcon"
-    temperature: float = 0.1
-    margin: float = 0.2
-    seed: int = 42
-    patience: int | None = None
-    eval_every: int = 1
-    device: str = "auto"
+class TrainSettings(Settings):
+    """What training depends on: config ``train:`` (less ``checkpoint``, ``threads`` and ``embedding``, which do
+    not change the trained model; its schema documents each field), the metadata columns, the compound
+    split, and the normalization the cells went through (recorded in the checkpoint)."""
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "TrainSettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in cfg.items() if k in names})
+    annotation: Annotation
+    split: CompoundSplit
+    normalization: dict
+    device: str
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_compounds: int
+    n_views: int
+    max_wells_per_set: int
+    cells_mean: float
+    cells_std: float
+    cells_min: int
+    cell_hidden: int
+    head_hidden: int
+    out_dim: int
+    pooling: str
+    head: str
+    loss: str
+    temperature: float
+    margin: float
+    seed: int
+    patience: int | None
+    eval_every: int
 
     def model_spec(self, n_features: int) -> ModelSpec:
         return ModelSpec(n_features, self.cell_hidden, self.head_hidden, self.out_dim, self.pooling, self.head)
 
 
-@dataclass(frozen=True)
-class Annotation:
-    """Which metadata columns mean what, and which compounds are held out."""
-
-    well_col: str = "Metadata_Well"
-    perturbation_col: str = "Metadata_broad_sample"
-    negcon_col: str | None = None  # default: the perturbation column
-    negcon_value: str | None = "DMSO"
-    validation_compounds: float | list = 0.25
-    split_seed: int = 0
-
-
 NEGCON = "__negcon__"  # label of negative-control wells inside training: never a training or validation compound
 
 
-def _load_training_plate(plate: str, store: tuple, features: list[str], annotation: Annotation) -> PlateCells:
-    """A packed plate (cell store: .npy + wells index), negative-control wells relabelled so they are never items."""
-    cells_npy, wells_parquet = store
-    cells, wells = open_cell_store(
-        cells_npy, wells_parquet, plate=plate, well_col=annotation.well_col, perturbation_col=annotation.perturbation_col
-    )
+def _load_training_plate(store, features: list[str], annotation: Annotation) -> PlateCells:
+    """A packed plate (a cell store folder), negative-control wells relabelled so they are never items."""
+    cells, wells = open_cell_store(store, annotation)
     if cells.x.shape[1] != len(features):
-        raise InputError(f"{cells_npy}: {cells.x.shape[1]} features packed, but the feature list has {len(features)}")
+        raise InputError(f"{store}: {cells.x.shape[1]} features packed, but the feature list has {len(features)}")
     if annotation.negcon_value is not None:
-        col = annotation.negcon_col or annotation.perturbation_col
-        if col not in wells.columns:
-            raise InputError(f"{wells_parquet}: negative-control column {col!r} not found or not constant within wells")
-        cells.perturbations = np.where(wells[col].astype(str).to_numpy() == str(annotation.negcon_value), NEGCON, cells.perturbations)
+        if annotation.negcon_col not in wells.columns:
+            raise InputError(
+                f"{store}: negative-control column {annotation.negcon_col!r} not found or not constant within wells"
+            )
+        cells.perturbations = np.where(annotation.negcon_mask(wells), NEGCON, cells.perturbations)
     return cells
 
 
@@ -162,10 +153,16 @@ def _run_epoch(
         with autocast(device):
             emb = model(x)
         loss = loss_fn(emb, torch.from_numpy(labels).to(device), **loss_kw)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise InputError(
+                f"training loss is {value} at step {pos + 1} of this epoch: training diverged (non-finite input cells "
+                "or too high a train.lr); no model was written"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(value)
     return losses, waited
 
 
@@ -187,37 +184,94 @@ def resident_cells(plates, device, share: float = 0.5) -> list[torch.Tensor] | N
     return [cells_tensor(p.x).to(device) for p in plates]
 
 
-def _fingerprint(stores: dict, features: list[str], settings: TrainSettings, annotation: Annotation) -> str:
+def _fingerprint(plates: list[PlateCells], stores: list, features: list[str], settings: TrainSettings) -> str:
     """What a resumable state must match: inputs (size, mtime), features and every setting."""
     h = hashlib.sha256()
-    for plate in sorted(stores):
-        for path in stores[plate]:
+    for plate, store in zip(plates, stores):
+        for path in sorted(Path(store).iterdir()):
             st = os.stat(path)
-            h.update(f"{plate}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps([features, asdict(settings), asdict(annotation), __version__], sort_keys=True).encode())
+            h.update(f"{plate.plate}:{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(json.dumps([features, asdict(settings), __version__], sort_keys=True).encode())
     return h.hexdigest()
 
 
-def train_model(stores: dict[str, tuple[str, str]], features: list[str], out_model, out_log, **kwargs) -> dict:
-    """Train on the training plates' cell stores (plate -> (cells .npy, wells index)); write the best checkpoint.
+def train_model(stores: list, features: list[str], out_model, out_log, settings: TrainSettings,
+                threads: int = 1, resume: bool = True) -> dict:
+    """Train on the training plates' cell stores (folders written by ``pack_cell_store``); write the best checkpoint.
 
     One trainer at a time per model folder (a lock file beside the resume state): a rerun started while
     an orphaned trainer still runs waits for it, then resumes from the state it left (or starts over,
     if it finished).
     """
     with exclusive_lock(Path(out_model).with_name(".train.lock"), logger):
-        return _train_model(stores, features, out_model, out_log, **kwargs)
+        return _train_model(stores, features, out_model, out_log, settings, threads, resume)
+
+
+@dataclass
+class _Progress:
+    """What a resumed run continues from: the per-epoch log, the best evaluation so far, and its age."""
+
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    since_best: int = 0
+    next_epoch: int = 0
+
+
+def _save_resume_state(path: Path, fingerprint: str, epoch: int, model, opt, rng, progress: _Progress) -> None:
+    save_torch(
+        {
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(rng.bit_generator.state),
+            "history": json.dumps(progress.history),
+            "best": progress.best,
+            "since_best": progress.since_best,
+        },
+        path,
+    )
+
+
+def _resume(path: Path, fingerprint: str, model, opt, rng) -> _Progress:
+    """Restore model, optimizer and random states from ``path`` when it was written for these inputs and settings."""
+    if not path.exists():
+        return _Progress()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        logger.info("ignoring %s: it was written for other inputs or settings", path)
+        return _Progress()
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    progress = _Progress(json.loads(state["history"]), state["best"], state["since_best"], state["epoch"] + 1)
+    logger.info("resuming from epoch %d (state %s)", progress.next_epoch, path)
+    return progress
+
+
+def _checkpoint(model, features: list[str], settings: TrainSettings, plates: list[str], epoch: int, val_map: float) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "cytoagg_version": __version__,
+        "model_spec": model.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "features": list(features),
+        "normalization": dict(settings.normalization),
+        "train_settings": asdict(settings),
+        "epoch": epoch,
+        "val_mAP": val_map,
+        "train_plates": plates,
+    }
 
 
 def _train_model(
-    stores: dict[str, tuple[str, str]],
+    stores: list,
     features: list[str],
     out_model: str | os.PathLike,
     out_log: str | os.PathLike,
-    *,
     settings: TrainSettings,
-    annotation: Annotation,
-    normalization: dict | None = None,
     threads: int = 1,
     resume: bool = True,
 ) -> dict:
@@ -227,14 +281,17 @@ def _train_model(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
 
-    plates = [_load_training_plate(plate, store, features, annotation) for plate, store in sorted(stores.items())]
+    loaded = sorted(((_load_training_plate(s, features, settings.annotation), s) for s in stores), key=lambda p: p[0].plate)
+    plates, stores = [p for p, _ in loaded], [s for _, s in loaded]
+    if len({p.plate for p in plates}) < len(plates):
+        raise InputError(f"training plates named twice: {sorted(p.plate for p in plates)}")
     compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
-    split = split_compounds(compounds, annotation.validation_compounds, annotation.split_seed)
+    split = settings.split.of(compounds)
     train_compounds = {c for c, s in split.items() if s == "train"}
     val_compounds = {c for c, s in split.items() if s == "validation"}
     logger.info("%d training compounds, %d validation compounds", len(train_compounds), len(val_compounds))
     if not train_compounds:
-        raise InputError("splits.validation_compounds leaves no training compound")
+        raise InputError("compounds.validation leaves no training compound")
     samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, settings.max_wells_per_set) for p in plates]
     schedule = SetSizeSchedule(settings.cells_mean, settings.cells_std, settings.cells_min)
 
@@ -247,89 +304,54 @@ def _train_model(
 
     out_model = Path(out_model)
     state_path = out_model.with_name("resume_state.pt")
-    fingerprint = _fingerprint(stores, features, settings, annotation)
-    history: list[dict] = []
-    best: dict | None = None
-    start_epoch, since_best = 0, 0
-    if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            rng.bit_generator.state = json.loads(state["numpy_rng"])
-            history, best, since_best = json.loads(state["history"]), state["best"], state["since_best"]
-            start_epoch = state["epoch"] + 1
-            logger.info("resuming from epoch %d (state %s)", start_epoch, state_path)
-        else:
-            logger.info("ignoring %s: it was written for other inputs or settings", state_path)
-
-    def payload(epoch: int, val_map: float) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "cytoagg_version": __version__,
-            "model_spec": model.spec.to_dict(),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "features": list(features),
-            "normalization": dict(normalization or {}),
-            "train_settings": asdict(settings),
-            "annotation": asdict(annotation),
-            "epoch": epoch,
-            "val_mAP": val_map,
-            "train_plates": sorted(stores),
-        }
+    best_path = out_model.with_name("best_model.pt.partial")
+    fingerprint = _fingerprint(plates, stores, features, settings)
+    progress = _resume(state_path, fingerprint, model, opt, rng) if resume else _Progress()
 
     from tqdm import tqdm
 
-    bar = tqdm(range(start_epoch, settings.epochs), desc="train", mininterval=5.0, initial=start_epoch, total=settings.epochs)
+    bar = tqdm(range(progress.next_epoch, settings.epochs), desc="train", mininterval=5.0,
+               initial=progress.next_epoch, total=settings.epochs)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cytoagg-sampler")
-    resident = resident_cells(plates, device)
-    gatherer = BatchGatherer(pin=device.type == "cuda")
-    for epoch in bar:
-        t0 = time.perf_counter()
-        losses, waited = _run_epoch(model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer)
-        row = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "n_steps": len(losses),
-            "sampling_wait_s": waited,
-        }
-        if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
-            maps = _split_maps(model, plates, {"train": train_compounds, "validation": val_compounds}, device)
-            row["train_mAP"] = maps["train"]
-            row["val_mAP"] = maps["validation"]
-            score = row["val_mAP"] if val_compounds else float(epoch)
-            if best is None or score > best["score"]:
-                best, since_best = {"score": score, "epoch": epoch}, 0
-                save_torch(payload(epoch, row["val_mAP"]), out_model.with_name("best_model.pt.partial"))
-            else:
-                since_best += 1
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", val_mAP=f"{row.get('val_mAP', float('nan')):.3f}", refresh=False)
-        save_torch(
-            {
-                "fingerprint": fingerprint,
+    try:
+        resident = resident_cells(plates, device)
+        gatherer = BatchGatherer(pin=device.type == "cuda")
+        for epoch in bar:
+            t0 = time.perf_counter()
+            losses, waited = _run_epoch(
+                model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer
+            )
+            row = {
                 "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": json.dumps(rng.bit_generator.state),
-                "history": json.dumps(history),
-                "best": best,
-                "since_best": since_best,
-            },
-            state_path,
-        )
-        if settings.patience is not None and since_best >= settings.patience:
-            logger.info("early stop at epoch %d: no validation mAP gain for %d evaluations", epoch, since_best)
-            break
-    bar.close()
-    pool.shutdown()
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "n_steps": len(losses),
+                "sampling_wait_s": waited,
+            }
+            if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
+                maps = _split_maps(model, plates, {"train": train_compounds, "validation": val_compounds}, device)
+                row["train_mAP"] = maps["train"]
+                row["val_mAP"] = maps["validation"]
+                score = row["val_mAP"] if val_compounds else float(epoch)
+                if progress.best is None or score > progress.best["score"]:
+                    progress.best, progress.since_best = {"score": score, "epoch": epoch}, 0
+                    save_torch(_checkpoint(model, features, settings, [p.plate for p in plates], epoch, row["val_mAP"]),
+                               best_path)
+                else:
+                    progress.since_best += 1
+            row["seconds"] = time.perf_counter() - t0
+            progress.history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val_mAP=f"{row.get('val_mAP', float('nan')):.3f}", refresh=False)
+            _save_resume_state(state_path, fingerprint, epoch, model, opt, rng, progress)
+            if settings.patience is not None and progress.since_best >= settings.patience:
+                logger.info("early stop at epoch %d: no validation mAP gain for %d evaluations", epoch, progress.since_best)
+                break
+    finally:
+        bar.close()
+        pool.shutdown(cancel_futures=True)
 
-    best_path = out_model.with_name("best_model.pt.partial")
+    best = progress.best
     os.replace(best_path, out_model)
-    write_table(pd.DataFrame(history), out_log)
+    write_table(pd.DataFrame(progress.history), out_log)
     state_path.unlink(missing_ok=True)
     logger.info("best epoch %d (selection score %.4f)", best["epoch"], best["score"])
-    return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(history)}
+    return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(progress.history)}

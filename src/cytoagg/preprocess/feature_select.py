@@ -24,6 +24,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 from ..io.columns import feature_columns
 from ..io.files import InputError, write_text
 from ..io.parquet import parquet_columns
+from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -243,10 +245,24 @@ def select_features(data, features: Sequence[str] | None = None, operations: Seq
     return [features[c] for c in kept]
 
 
-def fit_feature_selection(plates: list, out_txt, *, operations: Sequence[str] = DEFAULT_OPERATIONS,
-                          min_variance: float = 1e-6, freq_cut: float = 0.05, unique_cut: float = 0.01,
-                          corr_threshold: float = 0.9, na_cutoff: float = 0.05, blocklist=None,
-                          max_cells: int = 200_000, seed: int = 0, log: logging.Logger | None = None) -> list[str]:
+@dataclass(frozen=True)
+class FeatureSelectSettings(Settings):
+    """Config ``feature_select:`` (its schema documents each field); ``blocklist``: ``dataset.blocklist``, or
+    None for pycytominer's default blocklist."""
+
+    operations: list[str]
+    min_variance: float
+    freq_cut: float
+    unique_cut: float
+    corr_threshold: float
+    na_cutoff: float
+    max_cells: int
+    seed: int
+    blocklist: list[str] | None
+
+
+def fit_feature_selection(plates: list, out_txt, settings: FeatureSelectSettings,
+                          log: logging.Logger | None = None) -> list[str]:
     """Select features on the pooled cells of the (training) plates; write the kept list to ``out_txt``.
 
     Candidates are the features present in every plate. More than ``max_cells`` cells: a seeded
@@ -267,12 +283,13 @@ def fit_feature_selection(plates: list, out_txt, *, operations: Sequence[str] = 
     if not candidates:
         raise InputError(f"no feature column common to all plates: {[str(p) for p in plates]}")
 
-    pool = pool_cells(plates, candidates, max_cells=max_cells, seed=seed, log=log)
-    kept = select_features(pool, candidates, operations, min_variance=min_variance, freq_cut=freq_cut,
-                           unique_cut=unique_cut, corr_threshold=corr_threshold, na_cutoff=na_cutoff,
-                           blocklist=blocklist, log=log)
+    pool = pool_cells(plates, candidates, max_cells=settings.max_cells, seed=settings.seed, log=log)
+    kept = select_features(pool, candidates, settings.operations, min_variance=settings.min_variance,
+                           freq_cut=settings.freq_cut, unique_cut=settings.unique_cut,
+                           corr_threshold=settings.corr_threshold, na_cutoff=settings.na_cutoff,
+                           blocklist=settings.blocklist, log=log)
     if not kept:
-        raise InputError(f"feature selection kept no feature (operations {list(operations)})")
+        raise InputError(f"feature selection kept no feature (operations {list(settings.operations)})")
     write_text("".join(f"{f}\n" for f in kept), out_txt)
     log.info("feature selection: kept %d of %d features on %d cells of %d plates -> %s",
              len(kept), len(candidates), len(pool), len(plates), out_txt)

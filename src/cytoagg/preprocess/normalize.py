@@ -18,15 +18,17 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.columns import feature_columns, is_metadata, metadata_columns
+from ..io.columns import Annotation, feature_columns, is_metadata, metadata_columns
 from ..io.files import InputError, atomic_path, available_cpus
 from ..io.parquet import cell_writer, open_parquet
+from ..settings import Settings
 from .statistics import (
     PCA_COLUMN_PREFIX,
     NormalizerParams,
@@ -178,10 +180,22 @@ def _metadata_row_groups(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator
 # --------------------------------------------------------------------------------------------------
 
 
-def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "all",
-                    epsilon: float | None = None, spherize_method: str = "ZCA", spherize_center: bool = True,
-                    well_center: bool = False, well_col: str = "Metadata_Well", memory_mb: float = 1024,
-                    threads: int | None = None, log: logging.Logger | None = None) -> dict:
+@dataclass(frozen=True)
+class NormalizeSettings(Settings):
+    """Config ``normalize:`` (its schema documents each field) and the metadata columns."""
+
+    annotation: Annotation
+    method: str
+    samples: str
+    epsilon: float | None
+    spherize_method: str
+    spherize_center: bool
+    well_center: bool
+    memory_mb: float
+
+
+def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | None = None,
+                    log: logging.Logger | None = None) -> dict:
     """Normalize one plate's cells (Parquet ``src`` -> Parquet ``out``) within about ``memory_mb`` of RAM.
 
     Statistics come from the cells ``samples`` selects ("all" or a pandas query on the metadata, e.g.
@@ -192,7 +206,9 @@ def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "
     process may use) sort columns and decode Parquet in parallel and write on a second thread. Returns a summary.
     """
     log = log or logger
-    method, epsilon = check_method(method, epsilon, spherize_method, spherize_center)
+    method, samples, memory_mb = settings.method, settings.samples, settings.memory_mb
+    spherize_method, well_center, well_col = settings.spherize_method, settings.well_center, settings.annotation.well_col
+    method, epsilon = check_method(method, settings.epsilon, spherize_method, settings.spherize_center)
     if not memory_mb or memory_mb <= 0:
         raise InputError(f"memory_mb must be positive, got {memory_mb!r}")
     threads = available_cpus() if threads is None else int(threads)
@@ -215,7 +231,7 @@ def normalize_plate(src, out, *, method: str = "mad_robustize", samples: str = "
     if method == "spherize" and 8 * 3 * len(features) ** 2 > source.budget:
         log.warning("%s: spherize of %d features needs ~%.0f MB for its matrices, more than memory_mb=%s allows",
                     src, len(features), 24 * len(features) ** 2 / _MB, memory_mb)
-    params = _fit(source, fit_rows, method, epsilon, spherize_method, spherize_center)
+    params = _fit(source, fit_rows, method, epsilon, spherize_method, settings.spherize_center)
     if params.n_out == 0:
         raise InputError(f"{src}: every feature is constant or all-NaN on the fit cells ({samples})")
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.cells import PlateCells, load_plate_cells
+from ..io.columns import Annotation
 from ..io.files import InputError
 from ..io.parquet import write_profiles
 
@@ -29,15 +30,13 @@ def aggregate_cells(cells: PlateCells, features: list[str], method: str) -> pd.D
     raise InputError(f"unknown baseline {method!r} (choose from {', '.join(BASELINES)})")
 
 
-def aggregate_plate(
-    normalized, features: list[str], outputs: dict, *, plate: str, well_col: str, perturbation_col: str
-) -> dict[str, pd.DataFrame]:
+def aggregate_plate(normalized, features: list[str], outputs: dict, plate: str, annotation: Annotation) -> dict[str, pd.DataFrame]:
     """Write one row per well for each baseline in ``outputs`` (method -> path): its metadata,
     ``Metadata_n_cells`` and the baseline profile. The plate is read once for every baseline."""
     unknown = [m for m in outputs if m not in BASELINES]
     if unknown:
         raise InputError(f"unknown baseline {unknown[0]!r} (choose from {', '.join(BASELINES)})")
-    cells, wells, _ = load_plate_cells(normalized, features, plate=plate, well_col=well_col, perturbation_col=perturbation_col)
+    cells, wells, _ = load_plate_cells(normalized, features, plate, annotation)
     written = {}
     for method, out in outputs.items():
         df = pd.concat([wells.reset_index(drop=True), aggregate_cells(cells, features, method)], axis=1)

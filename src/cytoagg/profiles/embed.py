@@ -3,35 +3,45 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pandas as pd
 
 from ..io.cells import load_plate_cells
+from ..io.columns import Annotation
 from ..io.files import InputError
 from ..io.parquet import write_profiles
 from ..model.checkpoint import load_model
 from ..model.inference import embed_cells
+from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def embed_plate(
-    normalized, checkpoint, out, *, plate: str, well_col: str, perturbation_col: str,
-    embedding: str = "head", device: str = "auto", threads: int = 1, normalization: dict | None = None,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class EmbedSettings(Settings):
+    """``train.embedding`` and ``train.device``, the normalization the plate went through (config ``normalize:``
+    less ``memory_mb``) and the metadata columns."""
+
+    annotation: Annotation
+    embedding: str  # head | pooled
+    device: str
+    normalization: dict
+
+
+def embed_plate(normalized, checkpoint, out, plate: str, settings: EmbedSettings, threads: int = 1) -> pd.DataFrame:
     """Write one row per well: its metadata, ``Metadata_n_cells`` and the model profile ``emb_0000...``.
 
     ``embedding``: ``head`` (the projection the loss saw) or ``pooled`` (the pooled per-cell features before the head).
     ``normalization``: the settings the plate was normalized with; a model trained on another
     normalization method is refused (its input would not mean what it learned).
     """
+    embedding = settings.embedding
     if embedding not in ("head", "pooled"):
         raise InputError(f"train.embedding must be 'head' or 'pooled', got {embedding!r}")
-    trained = load_model(checkpoint, device, threads)
-    _check_normalization(checkpoint, trained.payload.get("normalization") or {}, normalization or {})
-    cells, wells, _ = load_plate_cells(
-        normalized, trained.features, plate=plate, well_col=well_col, perturbation_col=perturbation_col
-    )
+    trained = load_model(checkpoint, settings.device, threads)
+    _check_normalization(checkpoint, trained.payload.get("normalization") or {}, settings.normalization)
+    cells, wells, _ = load_plate_cells(normalized, trained.features, plate, settings.annotation)
     profiles = embed_cells(trained.network, cells, trained.device, use_head=embedding == "head")
     df = pd.concat(
         [wells.reset_index(drop=True), pd.DataFrame(profiles, columns=[f"emb_{i:04d}" for i in range(profiles.shape[1])])],

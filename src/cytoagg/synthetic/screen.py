@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..io.columns import well_names
 from ..io.files import atomic_path
+from ..settings import Settings
 
 KINDS = ("mean_shift", "covariance", "subpopulation", "inactive")
 
@@ -57,29 +58,23 @@ _COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 
 
 @dataclass(frozen=True)
-class SyntheticSpec:
-    n_compounds: int = 88
-    replicates: int = 4
-    negcon_wells: int = 32
-    cells_per_well: float = 80.0
-    cells_dispersion: float = 8.0  # negative binomial shape: larger = less spread
-    sparse_well_fraction: float = 0.05
-    n_latent: int = 8
-    features_per_compartment: int = 16
-    feature_noise: float = 0.5
-    kind_fractions: tuple[float, float, float, float] = (0.3, 0.3, 0.25, 0.15)
-    effect_size: float = 1.0
-    well_noise: float = 0.15
-    plate_effect: float = 0.5
-    seed: int = 0
+class SyntheticSpec(Settings):
+    """Config ``synthetic:`` (its schema documents each field)."""
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "SyntheticSpec":
-        cfg = dict(cfg)
-        if "kind_fractions" in cfg:
-            fr = cfg["kind_fractions"]
-            cfg["kind_fractions"] = tuple(float(fr.get(k, 0.0)) for k in KINDS) if isinstance(fr, dict) else tuple(fr)
-        return cls(**cfg)
+    n_compounds: int
+    replicates: int
+    negcon_wells: int
+    cells_per_well: float
+    cells_dispersion: float  # negative binomial shape: larger = less spread
+    sparse_well_fraction: float
+    n_latent: int
+    features_per_compartment: int
+    feature_noise: float
+    kind_fractions: dict  # compound kind -> share of the compounds (KINDS; missing kinds: 0)
+    effect_size: float
+    well_noise: float
+    plate_effect: float
+    seed: int
 
 
 def _plate_seed(seed: int, plate: str) -> int:
@@ -123,7 +118,7 @@ def platemap(spec: SyntheticSpec) -> pd.DataFrame:
 
 
 def _compound_kinds(spec: SyntheticSpec) -> list[str]:
-    fr = np.asarray(spec.kind_fractions, dtype=float)
+    fr = np.asarray([float(spec.kind_fractions.get(k, 0.0)) for k in KINDS])
     counts = np.floor(fr / fr.sum() * spec.n_compounds).astype(int)
     counts[np.argmax(fr)] += spec.n_compounds - counts.sum()
     kinds = [k for k, n in zip(KINDS, counts) for _ in range(n)]

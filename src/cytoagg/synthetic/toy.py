@@ -20,19 +20,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..settings import Settings
+
 VARIANTS = ("covariance", "covariance_standardized", "sphering")
 
 
 @dataclass(frozen=True)
-class ToySpec:
-    variant: str = "covariance"
-    dims: int = 2
-    n_classes: int = 10
-    n_train_classes: int = 6
-    samples_per_class: int = 4
-    points: int = 800
-    epsilon: float = 0.1  # sphering only
-    seed: int = 0
+class ToySpec(Settings):
+    """One toy run: config ``experiment:`` (its schema documents each field), with one ``epsilon`` of its
+    ``epsilons`` (sphering only; the other variants ignore it)."""
+
+    variant: str
+    dims: int
+    n_classes: int
+    n_train_classes: int
+    samples_per_class: int
+    points: int
+    epsilon: float
+    seed: int
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -94,13 +99,14 @@ def validation_classes(spec: ToySpec) -> list[str]:
     return [f"class{k:02d}" for k in range(spec.n_train_classes, spec.n_classes)]
 
 
-def write_toy_data(spec: ToySpec, out_train, out_validation, out_features, out_figure) -> None:
-    """Training classes' samples, held-out classes' samples (the evaluation set), the feature list, a figure."""
+def write_toy_data(spec: ToySpec, plate: str, out_train, out_validation, out_features, out_figure) -> None:
+    """Training classes' samples, held-out classes' samples (the evaluation set), the feature list, a figure;
+    ``plate``: the run's name, written as the samples' plate."""
     from ..io.files import write_text
     from ..io.parquet import write_profiles
 
     df = generate(spec)
-    df.insert(0, "Metadata_Plate", spec.variant)
+    df.insert(0, "Metadata_Plate", plate)
     write_profiles(df[df.Metadata_split == "train"], out_train)
     write_profiles(df[df.Metadata_split == "validation"], out_validation)
     write_text("\n".join(c for c in df.columns if not c.startswith("Metadata_")) + "\n", out_features)
@@ -154,3 +160,23 @@ def summarize_runs(ap: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     summary.columns = ["run", "model mAP", "model precision at R", "mean mAP", "mean precision at R"]
     summary.insert(1, "n samples", per_sample.groupby("run", sort=False).size().to_numpy())
     return per_sample, summary
+
+
+def summarize_toy(ap_files: dict[str, list], out_md, out_csv) -> pd.DataFrame:
+    """The toy summary step: per-sample AP files (method -> one file per run; the run is the files' plate) ->
+    ``out_csv`` (per sample) and ``out_md``."""
+    from ..evaluate.summarize import to_markdown
+    from ..io.files import write_table, write_text
+
+    frames = [pd.read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files]
+    ap = pd.concat(frames, ignore_index=True)
+    ap.insert(0, "run", ap["plate"])
+    per_sample, summary = summarize_runs(ap)
+    write_table(per_sample, out_csv)
+    write_text(
+        "# Toy classes: equal means, different covariances\n\n"
+        "Held-out classes only; each sample queries the other held-out samples (cosine similarity).\n\n"
+        + to_markdown(summary) + "\n## Per sample\n\n" + to_markdown(per_sample),
+        out_md,
+    )
+    return summary

@@ -1,0 +1,127 @@
+# The report's figures, one rule and one CLI subcommand each; `snakemake --report report.html` collects
+# the outputs marked with report().
+
+
+rule plot_map:
+    input:
+        f"{R}/tables/map_per_plate.csv",
+    output:
+        report(f"{R}/plots/map_per_plate.png", caption="../report/map_per_plate.rst", category="Evaluation"),
+    log:
+        f"{R}/logs/plot_map.log",
+    benchmark:
+        f"{R}/benchmarks/plot_map.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-map --table {input:q} --out {output:q} 2> {log:q}"
+
+
+rule plot_pr_curves:
+    input:
+        **{m: f"{R}/profiles/{m}/{DIAGNOSTIC_PLATES[0]}.parquet" for m in METHODS},
+    output:
+        report(f"{R}/plots/pr_curves.png", caption="../report/pr_curves.rst", category="Evaluation"),
+    params:
+        settings=settings(
+            annotation=ANNOTATION,
+            plate=DIAGNOSTIC_PLATES[0],
+            group_column=EVAL["pr_curve_column"],
+            negcon_as_negatives=EVAL["negcon_as_negatives"],
+            split=COMPOUND_SPLIT,
+        ),
+    log:
+        f"{R}/logs/plot_pr_curves.log",
+    benchmark:
+        f"{R}/benchmarks/plot_pr_curves.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        f"python -m cytoagg plot-pr-curves {named_file_args('--profiles', METHODS, 'input')} "
+        "--out {output:q} --params {params.settings:q} 2> {log:q}"
+
+
+rule plot_training:
+    input:
+        f"{R}/model/training_log.csv",
+    output:
+        report(f"{R}/plots/training_curve.png", caption="../report/training_curve.rst", category="Training"),
+    log:
+        f"{R}/logs/plot_training.log",
+    benchmark:
+        f"{R}/benchmarks/plot_training.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-training --training-log {input:q} --out {output:q} 2> {log:q}"
+
+
+rule plot_cells_per_well:
+    input:
+        expand(f"{R}/profiles/mean/{{plate}}.parquet", plate=PLATES),
+    output:
+        report(f"{R}/plots/cells_per_well.png", caption="../report/cells_per_well.rst", category="Data"),
+    params:
+        settings=settings(**ANNOTATION),
+    log:
+        f"{R}/logs/plot_cells_per_well.log",
+    benchmark:
+        f"{R}/benchmarks/plot_cells_per_well.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-cells-per-well --profiles {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+
+
+rule plot_effective_rank:
+    input:
+        summary=f"{R}/tables/effective_rank.csv",
+        spectra=f"{R}/tables/effective_rank_spectra.csv",
+    output:
+        report(f"{R}/plots/effective_rank.png", caption="../report/effective_rank.rst", category="Model"),
+    log:
+        f"{R}/logs/plot_effective_rank.log",
+    benchmark:
+        f"{R}/benchmarks/plot_effective_rank.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-effective-rank --summary {input.summary:q} --spectra {input.spectra:q} "
+        "--out {output:q} 2> {log:q}"
+
+
+rule plot_sampling_sweep:
+    input:
+        table=f"{R}/tables/sampling_sweep.csv",
+        profiles=expand(f"{R}/profiles/mean/{{plate}}.parquet", plate=PLATES),
+    output:
+        report(f"{R}/plots/sampling_sweep.png", caption="../report/sampling_sweep.rst", category="Sampling"),
+    params:
+        settings=settings(**ANNOTATION),
+    log:
+        f"{R}/logs/plot_sampling_sweep.log",
+    benchmark:
+        f"{R}/benchmarks/plot_sampling_sweep.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-sampling-sweep --table {input.table:q} --profiles {input.profiles:q} --out {output:q} "
+        "--params {params.settings:q} 2> {log:q}"
