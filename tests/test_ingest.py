@@ -34,11 +34,16 @@ COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 
 
 def ingest(source, out, plate, *, fmt="auto", barcode_platemap=None, platemap_dir=None, platemap=None,
-           plate_col="Metadata_Plate", well_col="Metadata_Well", chunk_rows=50_000, workers=None, **kw):
-    """ingest_plate with keyword settings; the platemap resolved from the barcode map as the workflow does."""
+           plate_col="Metadata_Plate", well_col="Metadata_Well", perturbation_col="Metadata_Plate", negcon_value=None,
+           chunk_rows=50_000, workers=None, **kw):
+    """ingest_plate with keyword settings; the platemap resolved from the barcode map as the workflow does.
+
+    The format tests' plates have no treatment column (or one value), so by default the plate column stands in
+    for the perturbation and there are no negative controls; the NF1 tests use its genotype."""
     path = platemap_file(plate, barcode_platemap=barcode_platemap, platemap_dir=platemap_dir, platemap=platemap)
-    settings = ingest_settings(annotation=annotation(plate_col=plate_col, well_col=well_col), format=fmt,
-                               platemap=None if path is None else str(path), **kw)
+    ann = annotation(plate_col=plate_col, well_col=well_col, perturbation_col=perturbation_col,
+                     negcon_col=perturbation_col, negcon_value=negcon_value)
+    settings = ingest_settings(annotation=ann, format=fmt, platemap=None if path is None else str(path), **kw)
     return ingest_plate(source, out, plate, settings, chunk_rows=chunk_rows, workers=workers)
 
 
@@ -49,7 +54,7 @@ def well(name: str) -> str:
 
 def ingest_nf1(out: Path, **kwargs) -> dict:
     return ingest(
-        NF1_SQLITE, out, plate="001",
+        NF1_SQLITE, out, plate="001", perturbation_col="Metadata_genotype",
         barcode_platemap=NF1 / "barcode_platemap.csv", platemap_dir=NF1, **kwargs,
     )
 

@@ -16,7 +16,7 @@ sys.path.insert(0, SRC)
 
 import cytoagg
 from cytoagg.cli import named_file_args
-from cytoagg.config import PLATE_NAME, check_config, resolve_platemaps
+from cytoagg.config import PLATE_NAME, check_config, check_first_plate_columns, plate_path, resolve_platemaps
 
 R = config["results"].rstrip("/")
 # (doubled braces: Snakemake formats the prefix like the command)
@@ -39,6 +39,8 @@ DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
 
 check_config(config)  # plates: disjoint, present on disk; settings that the schema cannot check
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
+if not EXPERIMENT:
+    check_first_plate_columns(config, PLATEMAPS)  # the metadata settings against the first plate's columns
 
 
 # Plate names: letters, digits, underscores and hyphens, single dots between them; so no slashes, spaces,
@@ -117,7 +119,7 @@ def train_settings(split):
     return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **TRAIN_SETTINGS)
 
 
-def ingest_settings(platemap):
+def ingest_settings(platemap, plate=None):
     return settings(
         annotation=ANNOTATION,
         format="sqlite" if SYNTHETIC else config["dataset"]["format"],
@@ -125,7 +127,14 @@ def ingest_settings(platemap):
         compartments=config["dataset"]["compartments"],
         features=config["dataset"]["features"],
         blocklist=config["dataset"]["blocklist"],
+        max_cells_without_image=config["dataset"]["max_cells_without_image"],
+        require_negcon=plate not in config["plates"]["without_negcon"],
     )
+
+
+def plate_ingest_settings(wildcards):
+    """ingest's settings where they differ between plates (each its own platemap, or plates without controls)."""
+    return ingest_settings(PLATEMAP(wildcards) if callable(PLATEMAP) else PLATEMAP, wildcards.plate)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -133,7 +142,7 @@ def ingest_settings(platemap):
 
 def raw_plate(wildcards):
     """A user's plate file, where dataset.path has braces besides {plate} (see RAW_PLATE)."""
-    return config["dataset"]["path"].format(plate=wildcards.plate)
+    return plate_path(config["dataset"]["path"], wildcards.plate)
 
 
 def plate_platemap(wildcards):

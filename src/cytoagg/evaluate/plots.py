@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 
 from ..io.columns import Annotation  # noqa: E402
 from ..io.files import atomic_path  # noqa: E402
+from ..io.parquet import read_parquet  # noqa: E402
 
 
 def _save(fig, out) -> None:
@@ -184,7 +185,7 @@ def plot_effective_rank(summary: pd.DataFrame, spectra: pd.DataFrame, out) -> No
 
 def cells_per_well(profile_files, annotation: Annotation) -> pd.DataFrame:
     """plate, n_cells: one row per well of the given per-well profile files (``Metadata_n_cells``)."""
-    frames = [pd.read_parquet(f, columns=[annotation.plate_col, "Metadata_n_cells"]) for f in profile_files]
+    frames = [read_parquet(f, [annotation.plate_col, "Metadata_n_cells"]) for f in profile_files]
     df = pd.concat(frames).rename(columns={annotation.plate_col: "plate", "Metadata_n_cells": "n_cells"})
     return df.astype({"n_cells": int})
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.files import write_table, write_text
+from ..io.parquet import read_parquet
 from ..settings import Settings
 from ..splits import CompoundSplit
 from .significance import mean_average_precision, paired_test
@@ -254,6 +255,22 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) 
     return "\n".join(lines) + "\n"
 
 
+def design_notes(long: pd.DataFrame) -> list[str]:
+    """What the design cannot measure, said before any number: no held-out compounds, plates or a single plate."""
+    notes = []
+    scored = long[long["n_queries"] > 0]
+    if not (scored["compound_split"] == "validation").any():
+        notes.append("no validation compound (compounds.validation holds none out of training): every number below "
+                     "is on compounds the model was trained on, and the model is its last evaluated epoch, not one "
+                     "selected on held-out compounds.")
+    if not (scored["plate_split"] == "validation").any():
+        notes.append("no validation plate (plates.validation is empty): every number below is on plates the model "
+                     "was trained on.")
+    if long["plate"].nunique() == 1:
+        notes.append("a single plate: every number below is in-sample for that plate's batch effects.")
+    return notes
+
+
 def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, threshold: float = 0.05) -> str:
     """``map_per_plate.md``: the headline table, and the baseline-corrected one when the APs have it."""
     p_fmt = {c: format_p for c in ("Training p (model vs BM)", "Validation p (model vs BM)")}
@@ -263,7 +280,9 @@ def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, thre
         "BM: mean-aggregation baseline. Retrieved: fraction of compounds whose mAP beats random rankings "
         f"(permutation p-value, BH-corrected per plate and method, < {threshold:g}). "
         "p (model vs BM): two-sided Wilcoxon signed-rank test of the model's AP against BM's over the same "
-        "query wells (mean rows: over all query wells of those plates).\n\n" + to_markdown(headline_table(long, pooled), formats=p_fmt)
+        "query wells (mean rows: over all query wells of those plates).\n\n"
+        + "".join(f"**Note:** {note}\n\n" for note in design_notes(long))
+        + to_markdown(headline_table(long, pooled), formats=p_fmt)
     )
     if "baseline_corrected_mAP" in long.columns:
         text += (
@@ -287,7 +306,7 @@ def summarize_plates(ap_files: dict[str, list], out_csv, out_md, out_compounds, 
     """The summarize step: every method's per-well AP files (method -> files) -> ``out_csv`` (the long mAP
     table), ``out_md`` (the headline tables) and ``out_compounds`` (per compound, with p-values)."""
     ap = pd.concat(
-        [pd.read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files], ignore_index=True
+        [read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files], ignore_index=True
     )
     per_compound = ap_per_compound(
         add_splits(ap, settings.splits), null_size=settings.null_size, threshold=settings.significance_threshold,

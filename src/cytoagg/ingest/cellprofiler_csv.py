@@ -26,6 +26,7 @@ class CellProfilerCsvSource(Source):
 
     def __init__(self, path: Path, compartments: Sequence[str], well_col: str):
         self.path, self.well_col, self.compartments = path, well_col, list(compartments)
+        self.orphans: dict[str, int] = {}  # "site/ImageNumber n" -> objects whose image has no row in Image.csv
         self.sites = [path] if (path / "Image.csv").is_file() else sorted(
             p for p in path.iterdir() if p.is_dir() and (p / "Image.csv").is_file()
         )
@@ -86,7 +87,11 @@ class CellProfilerCsvSource(Source):
             for c in self.compartments
         }
         site_images = images[images["_site"] == i].drop(columns="_site")
-        return attach_images(merge_objects(frames, self.links), site_images, self.links)
+        cells = merge_objects(frames, self.links)
+        orphan = ~cells[IMAGE_NUMBER].isin(site_images[IMAGE_NUMBER])
+        for number, n in cells.loc[orphan, IMAGE_NUMBER].value_counts().items():
+            self.orphans[f"{self.sites[i].name}/ImageNumber {number}"] = int(n)
+        return attach_images(cells, site_images, self.links)
 
     def batches(self, metadata, features, chunk_rows):
         source_metadata = [m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.parquet import check_parquet_file, profile_schema, to_arrow
+from ..io.parquet import CHECKSUMS, check_parquet_file, profile_schema, to_arrow
 from .formats import check_csv_complete
 from .source import Source, normalize_wells, to_float32
 
@@ -24,7 +24,7 @@ class SingleCellParquet(Source):
     def __init__(self, path: Path, well_col: str, label: Path | None = None):
         self.path = label or path
         check_parquet_file(path)
-        self.file = pq.ParquetFile(path)
+        self.file = pq.ParquetFile(path, page_checksum_verification=True)
         self.well_col = well_col
         self.columns = list(self.file.schema_arrow.names)
 
@@ -71,7 +71,7 @@ class SingleCellCsv(Source):
         reader = pd.read_csv(
             self.path, usecols=[*metadata, *features], dtype=dict.fromkeys(metadata, str), chunksize=chunk_rows
         )
-        with pq.ParquetWriter(target, schema) as writer:
+        with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
             for chunk in reader:
                 frame = pd.concat([chunk[metadata], to_float32(chunk, features, self.path)], axis=1)
                 writer.write_table(to_arrow(frame, schema))

@@ -19,11 +19,14 @@ IMAGE_RANK = "_image_rank"
 
 
 class Tally:
-    """Cells written per well and cells dropped for lack of a platemap row; checks that wells stay contiguous."""
+    """Cells written per well, cells dropped for lack of a platemap row or of an image row (``orphans``: image ->
+    cells), and the values of the annotation's columns per well; checks that wells stay contiguous."""
 
     def __init__(self):
         self.cells_per_well: dict[str, int] = {}
         self.dropped_cells: dict[str, int] = {}
+        self.orphans: dict[str, int] = {}
+        self.well_values: dict[str, dict[str, str | None]] = {}  # column -> well -> value (None: missing)
         self.source_plates: set[str] = set()
         self._last: str | None = None
 

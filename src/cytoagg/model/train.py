@@ -7,6 +7,7 @@ written after every epoch lets a killed job resume where it stopped.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -238,7 +239,15 @@ def _resume(path: Path, fingerprint: str, model, opt, rng) -> _Progress:
     """Restore model, optimizer and random states from ``path`` when it was written for these inputs and settings."""
     if not path.exists():
         return _Progress()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(type(state).__name__)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise InputError(
+            f"{path}: damaged training state ({type(e).__name__}), from a job killed while writing it or a damaged disk; "
+            "delete it to restart training from the first epoch"
+        ) from None
     if state.get("fingerprint") != fingerprint:
         logger.info("ignoring %s: it was written for other inputs or settings", path)
         return _Progress()
@@ -285,13 +294,7 @@ def _train_model(
     plates, stores = [p for p, _ in loaded], [s for _, s in loaded]
     if len({p.plate for p in plates}) < len(plates):
         raise InputError(f"training plates named twice: {sorted(p.plate for p in plates)}")
-    compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
-    split = settings.split.of(compounds)
-    train_compounds = {c for c, s in split.items() if s == "train"}
-    val_compounds = {c for c, s in split.items() if s == "validation"}
-    logger.info("%d training compounds, %d validation compounds", len(train_compounds), len(val_compounds))
-    if not train_compounds:
-        raise InputError("compounds.validation leaves no training compound")
+    train_compounds, val_compounds = _compound_split(plates, settings.split)
     samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, settings.max_wells_per_set) for p in plates]
     schedule = SetSizeSchedule(settings.cells_mean, settings.cells_std, settings.cells_min)
 
@@ -308,6 +311,9 @@ def _train_model(
     fingerprint = _fingerprint(plates, stores, features, settings)
     progress = _resume(state_path, fingerprint, model, opt, rng) if resume else _Progress()
 
+    if not val_compounds:
+        logger.warning("no validation compound on the training plates (compounds.validation): the checkpoint is the "
+                       "last epoch, not one selected by validation mAP, and no table measures held-out compounds")
     from tqdm import tqdm
 
     bar = tqdm(range(progress.next_epoch, settings.epochs), desc="train", mininterval=5.0,
@@ -321,9 +327,14 @@ def _train_model(
             losses, waited = _run_epoch(
                 model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer
             )
+            if not losses:
+                raise InputError(
+                    f"epoch {epoch} ran no training step: no training plate has 2 training compounds to put in a "
+                    "batch (train.batch_compounds needs at least 2 per plate); no model was written"
+                )
             row = {
                 "epoch": epoch,
-                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "loss": float(np.mean(losses)),
                 "n_steps": len(losses),
                 "sampling_wait_s": waited,
             }
@@ -353,5 +364,39 @@ def _train_model(
     os.replace(best_path, out_model)
     write_table(pd.DataFrame(progress.history), out_log)
     state_path.unlink(missing_ok=True)
-    logger.info("best epoch %d (selection score %.4f)", best["epoch"], best["score"])
-    return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(progress.history)}
+    if val_compounds:
+        logger.info("best epoch %d (validation-compound mAP %.4f on the training plates)", best["epoch"], best["score"])
+    else:
+        logger.info("kept the last evaluated epoch, %d (no validation compound to select by)", best["epoch"])
+    return {"best_epoch": best["epoch"], "best_score": best["score"] if val_compounds else None,
+            "epochs_run": len(progress.history)}
+
+
+def _compound_split(plates: list[PlateCells], split: CompoundSplit) -> tuple[set[str], set[str]]:
+    """The training plates' training and validation compounds; refuses splits that leave nothing to learn."""
+    compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
+    if isinstance(split.validation, (list, tuple)):
+        absent = sorted(set(split.validation) - set(compounds))
+        if absent:
+            raise InputError(
+                f"compounds.validation names {len(absent)} compound(s) that no training plate has: {absent[:10]} "
+                "(a typo? names must match the perturbation column exactly; a compound only validation plates "
+                "have needs no holding out)"
+            )
+    by_split = split.of(compounds)
+    train = {c for c, s in by_split.items() if s == "train"}
+    validation = {c for c, s in by_split.items() if s == "validation"}
+    logger.info("%d training compounds, %d validation compounds", len(train), len(validation))
+    for p in plates:
+        if not np.isin(p.perturbations, list(train)).any():
+            raise InputError(f"training plate {p.plate} has no well of a training compound (compounds.validation "
+                             "holds out all of its compounds, or it has only negative controls)")
+    wells = collections.Counter(c for p in plates for c in p.perturbations)
+    replicated = {c for c in train if wells[c] >= 2}
+    if len(replicated) < 2:
+        raise InputError(
+            f"{len(replicated)} training compound(s) with replicate wells on the training plates "
+            f"({sorted(replicated)}): contrastive training needs at least 2 (compounds.validation holds out "
+            f"{len(validation)} of {len(compounds)})"
+        )
+    return train, validation

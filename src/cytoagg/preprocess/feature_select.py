@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from ..io.columns import feature_columns
 from ..io.files import InputError, write_text
-from ..io.parquet import parquet_columns
+from ..io.parquet import open_parquet, parquet_columns, reading
 from ..settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -300,7 +299,7 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
                log: logging.Logger | None = None) -> np.ndarray:
     """float32 cells x features of all plates; a seeded uniform sample of ``max_cells`` if there are more."""
     log = log or logger
-    sizes = [pq.ParquetFile(p).metadata.num_rows for p in plates]
+    sizes = [open_parquet(p).metadata.num_rows for p in plates]
     total = sum(sizes)
     if total == 0:
         raise InputError(f"no cells in the plates {[str(p) for p in plates]}")
@@ -312,7 +311,7 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
     pool = np.empty((len(rows), len(features)), dtype=np.float32)
     filled, offset = 0, 0
     for path, size in zip(plates, sizes):
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
         local = rows[(rows >= offset) & (rows < offset + size)] - offset
         first = 0
         for group in range(pf.num_row_groups):  # tiles of (row group x columns) bound the reader's memory
@@ -321,7 +320,8 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
             width = max(1, _BATCH_BYTES // (12 * max(n_group, 1)))
             for c in range(0, len(features) if len(take) else 0, width):
                 names = list(features[c:c + width])
-                tile = pf.read_row_group(group, columns=names, use_threads=False)
+                with reading(path):
+                    tile = pf.read_row_group(group, columns=names, use_threads=False)
                 for j, name in enumerate(names):
                     pool[filled:filled + len(take), c + j] = tile.column(name).to_numpy()[take]
             filled += len(take)
