@@ -297,9 +297,10 @@ def test_05_zero_validation_compounds_warn_and_keep_the_last_epoch(tmp_path, tin
                   "average_precision": [1.0, 0.5, 1.0, 0.5], "precision_at_r": [1.0, 0.0, 1.0, 0.0],
                   "n_positives": [1] * 4, "n_candidates": [3] * 4}).to_parquet(ap)
     settings = summarize_settings({"P1": "train"}, null_size=100, splits=splits({"P1": "train"}, validation=[]))
-    summarize_plates({"model": [ap], "mean": [ap]}, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "c.csv", settings)
-    md = (tmp_path / "t.md").read_text()
-    assert "no validation compound" in md and "no validation plate" in md and "a single plate" in md
+    summarize_plates({"model": [ap], "mean": [ap]}, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "c.csv",
+                     tmp_path / "v.csv", tmp_path / "v.md", settings)
+    for md in ((tmp_path / "t.md").read_text(), (tmp_path / "v.md").read_text()):
+        assert "no validation compound" in md and "no validation plate" in md and "a single plate" in md
 
 
 def test_06_validation_compounds_on_no_plate_are_named(tmp_path, tiny_plates):
@@ -410,6 +411,7 @@ def test_16_metadata_columns_checked_against_the_first_real_plate(tmp_path):
         "dataset": {"path": str(NF1 / "{plate}.sqlite"), "platemap": str(NF1 / "platemap_NF1_CP.csv")},
         "plates": {"train": ["all_cellprofiler"], "validation": []},
         "metadata": {"perturbation": "genotype", "negcon_value": None},
+        "evaluate": {"pipelines": ["raw"]},
     }
     (tmp_path / "data").mkdir()
     proc = dry_run(tmp_path / "data", config)

@@ -26,11 +26,14 @@ def test_outputs_of_every_step(finished):
     r = finished / "results"
     for plate in ("P1", "P2", "P3"):
         assert (r / "synthetic/plates" / f"{plate}.sqlite").exists()
-        for step in ("ingested", "normalized", "profiles/model", "profiles/mean", "profiles/mean_std", "ap/model", "ap/mean"):
+        for step in ("ingested", "normalized", "profiles/model", "profiles/model_untrained", "profiles/mlp_on_mean",
+                     "profiles/mean", "profiles/mean_std", "pipelines/negcon_mad/model", "pipelines/negcon_mad_sphere/mean",
+                     "ap/raw/model", "ap/negcon_mad/mean", "ap/negcon_mad_sphere/mlp_on_mean"):
             assert (r / step / f"{plate}.parquet").exists(), (step, plate)
         assert (r / "logs/ingest" / f"{plate}.log").exists()
         assert (r / "benchmarks/normalize" / f"{plate}.tsv").exists()
-    assert (r / "model/model.pt").exists()
+    assert (r / "model/model.pt").exists() and (r / "controls/mlp_on_mean/model.pt").exists()
+    assert (r / "pipelines/sphering.npz").exists()
     assert (r / "features.txt").read_text().strip()
     hist = pd.read_csv(r / "model/training_log.csv")
     assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
@@ -42,18 +45,25 @@ def test_outputs_of_every_step(finished):
 
 def test_map_tables(finished):
     long = pd.read_csv(finished / "results/tables/map_per_plate.csv")
-    for col in ("plate", "plate_split", "compound_split", "method", "mAP", "precision_at_R", "n_queries"):
+    for col in ("plate", "plate_split", "compound_split", "method", "profile_pipeline", "mAP", "precision_at_R", "n_queries"):
         assert col in long.columns
-    assert set(long.method) == {"model", "mean", "mean_std"}
+    assert set(long.method) == {"model", "model_untrained", "mlp_on_mean", "mean", "mean_std"}
+    assert set(long.profile_pipeline) == {"raw", "negcon_mad", "negcon_mad_sphere"}
+    assert len(long) == 3 * 5 * 3 * 3  # plates x methods x pipelines x compound splits
     assert set(long.plate_split) == {"train", "validation"}
     assert set(long.compound_split) == {"train", "validation", "all"}
     assert long.mAP.between(0, 1).all() and (long.n_queries > 0).all()
     md = (finished / "results/tables/map_per_plate.md").read_text()
     assert "| plate | plate split | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM |" in md
 
-    # The expected outcome: on the validation plate's held-out compounds the model beats the mean.
-    val = long[(long.plate_split == "validation") & (long.compound_split == "validation")].set_index("method")["mAP"]
+    # The expected outcome: on the validation plate's held-out compounds the model beats the raw mean.
+    val = long[(long.plate_split == "validation") & (long.compound_split == "validation") & (long.profile_pipeline == "raw")]
+    val = val.set_index("method")["mAP"]
     assert val["model"] > val["mean"], val
+    verdict = pd.read_csv(finished / "results/tables/verdict.csv")
+    assert len(verdict) == 4 and verdict.best_nonlearned.isin(["mean", "mean_std"]).all()
+    assert verdict.verdict.isin(["model better", "model worse", "no significant difference"]).all()
+    assert "best non-learned mAP" in (finished / "results/tables/verdict.md").read_text()
     for col in ("fraction_retrieved", "wilcoxon_p_vs_mean", "mean_ap_difference_vs_mean"):
         assert col in long.columns
     assert long.loc[long.method != "mean", "wilcoxon_p_vs_mean"].between(0, 1).all()
@@ -130,7 +140,7 @@ def test_adding_a_training_plate_retrains(finished):
 
 def test_one_plate_target(finished):
     assert planned_jobs(finished, "results/normalized/P2.parquet", "--forcerun", "normalize") == {"normalize": 1}
-    assert planned_jobs(finished, "results/ap/model/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
+    assert planned_jobs(finished, "results/ap/raw/model/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
 
 
 def test_forcerun_one_validation_plate_reruns_its_downstream_only(finished):
@@ -212,5 +222,8 @@ def test_own_plates_barcode_platemaps_and_split_reference_are_planned_per_plate(
     ingest = {arg(c, "--plate")[0]: json.loads(arg(c, "--params")[0]) for c in commands if c[3] == "ingest"}
     assert {p: Path(s["platemap"]).name for p, s in ingest.items()} == {"PA": "map1.txt", "PB": "map2.txt", "PC": "map1.txt"}
     evaluate = {arg(c, "--plate")[0]: {m: files for m, *files in args(c, "--profiles")} for c in commands if c[3] == "evaluate"}
-    assert evaluate["PA"] == {m: [f"results/profiles/{m}/{p}.parquet" for p in ("PA", "PB")] for m in ("model", "mean")}
-    assert evaluate["PC"] == {"model": ["results/profiles/model/PC.parquet"], "mean": ["results/profiles/mean/PC.parquet"]}
+    methods = ("model", "model_untrained", "mlp_on_mean", "mean")
+    assert set(evaluate["PA"]) == {f"{m}__{p}" for m in methods for p in ("raw", "negcon_mad", "negcon_mad_sphere")}
+    assert evaluate["PA"]["model__raw"] == [f"results/profiles/model/{p}.parquet" for p in ("PA", "PB")]
+    assert evaluate["PA"]["mean__negcon_mad"] == [f"results/pipelines/negcon_mad/mean/{p}.parquet" for p in ("PA", "PB")]
+    assert evaluate["PC"]["model__raw"] == ["results/profiles/model/PC.parquet"]

@@ -62,6 +62,7 @@ def check_config(config: dict) -> None:
     if (config["dataset"].get("barcode_platemap") is None) != (config["dataset"].get("platemap_dir") is None):
         raise ConfigError("config keys dataset.barcode_platemap and dataset.platemap_dir go together: set both or neither")
     _check_metadata_keys(config["metadata"])
+    _check_pipelines(config)
     _check_set_sizes(config["train"])
     if isinstance(config["compounds"]["validation"], (int, float)) and config["compounds"]["validation"] >= 1:
         raise ConfigError("config key compounds.validation: 1 holds every compound out of training; use a fraction "
@@ -102,6 +103,17 @@ def _check_metadata_keys(md: dict) -> None:
     for key in ("plate", "well"):
         if not md[key].startswith("Metadata_"):
             raise ConfigError(f"config key metadata.{key}: {md[key]!r} must start with Metadata_")
+
+
+def _check_pipelines(config: dict) -> None:
+    pipelines = config["evaluate"]["pipelines"]
+    needs = [p for p in pipelines if p != "raw"]
+    if needs and config["metadata"]["negcon_value"] is None and not config.get("experiment"):
+        raise ConfigError(f"config key evaluate.pipelines: {needs} normalize against negative controls, but "
+                          "metadata.negcon_value is null (no controls); use [raw]")
+    if "harmony" in pipelines and config["evaluate"]["reference"] != "split":
+        raise ConfigError("config key evaluate.pipelines: harmony corrects plates against each other, which matters only "
+                          "for evaluate.reference: split (ranking against every plate of a split)")
 
 
 def _check_set_sizes(train: dict) -> None:

@@ -56,6 +56,16 @@ class SetSizeSchedule:
         raise RuntimeError(f"no set size drawn from {self}")  # pragma: no cover - probability < e^-100
 
 
+@dataclass(frozen=True)
+class FixedSetSize:
+    """Every set of the same size (the mlp_on_mean control: a set is one well's mean profile)."""
+
+    size: int
+
+    def draw(self, rng: np.random.Generator) -> int:
+        return self.size
+
+
 class SetSampler:
     """Draws batches of sets from one plate's training compounds.
 

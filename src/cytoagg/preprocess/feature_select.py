@@ -328,3 +328,35 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
             first += n_group
         offset += size
     return pool
+
+
+@dataclass(frozen=True)
+class CovarianceSettings(Settings):
+    """Config ``evaluate.cov_max_features``, and the cell sample of ``feature_select`` (max_cells, seed)."""
+
+    cov_max_features: int
+    max_cells: int
+    seed: int
+
+
+def fit_covariance_features(plates: list, features: list[str], out_txt, settings: CovarianceSettings,
+                            log: logging.Logger | None = None) -> list[str]:
+    """The mean_cov baseline's features, chosen on the training plates' cells; written one per line."""
+    log = log or logger
+    pool = pool_cells([Path(p) for p in plates], features, max_cells=settings.max_cells, seed=settings.seed, log=log)
+    chosen = covariance_features(pool, features, features, settings.cov_max_features)
+    write_text("".join(f"{f}\n" for f in chosen), out_txt)
+    log.info("mean_cov: covariances of %d of the %d features", len(chosen), len(features))
+    return chosen
+
+
+def covariance_features(pool: np.ndarray, candidates: Sequence[str], kept: Sequence[str], k: int) -> list[str]:
+    """The mean_cov baseline's features: of the kept features, the ``k`` most variable over the training plates'
+    pooled cells (in the kept order). Chosen once, on the training plates, so every plate's profile has the same
+    columns."""
+    if len(kept) <= k:
+        return list(kept)
+    index = {f: j for j, f in enumerate(candidates)}
+    variances = np.array([np.nanvar(pool[:, index[f]].astype(np.float64)) for f in kept])
+    top = set(np.argsort(-variances, kind="stable")[:k].tolist())
+    return [f for j, f in enumerate(kept) if j in top]

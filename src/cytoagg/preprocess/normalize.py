@@ -178,6 +178,7 @@ def _metadata_row_groups(pf: pq.ParquetFile, columns: Sequence[str], path) -> It
             table = pf.read_row_group(group, columns=list(columns))
         yield table
 
+
 # --------------------------------------------------------------------------------------------------
 # The plate
 # --------------------------------------------------------------------------------------------------
