@@ -164,7 +164,7 @@ def check_first_plate_columns(config: dict, platemaps: dict) -> None:
     path = plate_path(config["dataset"]["path"], plate)
     try:
         columns = source_metadata_columns(path, config["dataset"]["format"], config["dataset"]["compartments"],
-                                          config["metadata"]["well"])
+                                          config["metadata"]["well"], config["dataset"]["hub"], config["dataset"]["links"])
         if platemaps.get(plate):
             columns += list(read_platemap(platemaps[plate]).columns)
     except (InputError, OSError, ValueError):

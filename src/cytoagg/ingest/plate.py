@@ -28,16 +28,17 @@ from .sqlite import SqliteSource
 logger = logging.getLogger(__name__)
 
 
-def open_source(source: Path, fmt: str, compartments: Sequence[str], well_col: str, workdir: Path) -> Source:
+def open_source(source: Path, fmt: str, compartments: Sequence[str], well_col: str, workdir: Path,
+                hub: str | None = None, links: dict | None = None) -> Source:
     fmt = detect_format(source) if fmt == "auto" else fmt
     if fmt == "csv" and source.is_dir():  # "csv" names both CSV layouts; a folder means CellProfiler's
         fmt = "cp_csv"
     if fmt == "sqlite":
-        return SqliteSource(source, compartments, well_col)
+        return SqliteSource(source, compartments, well_col, hub, links)
     if fmt == "cp_csv":
         if not source.is_dir():
             raise InputError(f"{source}: fmt='cp_csv' needs a folder of CellProfiler CSV site folders")
-        return CellProfilerCsvSource(source, compartments, well_col)
+        return CellProfilerCsvSource(source, compartments, well_col, workdir, hub, links)
     if fmt == "parquet":
         return SingleCellParquet(source, well_col)
     if fmt == "csv":
@@ -46,10 +47,10 @@ def open_source(source: Path, fmt: str, compartments: Sequence[str], well_col: s
 
 
 
-def source_metadata_columns(source, fmt: str, compartments, well_col: str) -> list[str]:
+def source_metadata_columns(source, fmt: str, compartments, well_col: str, hub=None, links=None) -> list[str]:
     """The ``Metadata_*`` columns a plate's source has (read from its header or schema only)."""
     source = Path(source)
-    src = open_source(source, fmt, list(compartments), well_col, source.parent)
+    src = open_source(source, fmt, list(compartments), well_col, source.parent, hub, links)
     try:
         return metadata_columns(src.columns)
     finally:
@@ -93,6 +94,8 @@ class IngestSettings(Settings):
     format: str  # auto | sqlite | csv | parquet
     platemap: str | None
     compartments: list[str]
+    hub: str | None  # the compartment whose link columns join the others (None: Cytoplasm, else the first)
+    links: dict  # compartment -> its link column in the hub (default <hub>_Parent_<compartment>)
     features: list[str] | None  # None: every feature of the compartments
     blocklist: list[str]
     max_cells_without_image: float  # share of cells whose image has no Image row dropped with a warning; above: error
@@ -116,7 +119,8 @@ def ingest_plate(source, out, plate: str, settings: IngestSettings, *, chunk_row
     platemap_file = None if settings.platemap is None else Path(settings.platemap)
     annotations = None if platemap_file is None else read_platemap(platemap_file)
     try:
-        src = open_source(source, settings.format, list(settings.compartments), well_col, out.parent)
+        src = open_source(source, settings.format, list(settings.compartments), well_col, out.parent,
+                          settings.hub, settings.links)
         try:
             summary = _write(src, out, plate, annotations, settings, chunk_rows, _workers(workers), log)
         finally:

@@ -55,6 +55,22 @@ class Source:
 
 
 
+IMAGE_PREFIX = "Image_"
+
+
+def image_metadata_names(columns: Sequence[str]) -> dict[str, str]:
+    """Renames of pycytominer's single-cell outputs (``SingleCells.merge_single_cells``): their image metadata
+    keep the Image table's prefix (``Image_Metadata_Well``); read as ``Metadata_Well`` unless that column exists."""
+    present = set(columns)
+    renames = {}
+    for c in columns:
+        if c.startswith(IMAGE_PREFIX + "Metadata_"):
+            name = c.removeprefix(IMAGE_PREFIX)
+            if name not in present and name not in renames.values():
+                renames[c] = name
+    return renames
+
+
 def normalize_wells(values: pd.Series, path: Path, column: str) -> pd.Series:
     """``normalize_well`` over a column, once per distinct value; a bad name is an InputError."""
     mapping = {}

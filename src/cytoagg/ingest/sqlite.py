@@ -53,7 +53,8 @@ class SqliteSource(Source):
 
     format = "sqlite"
 
-    def __init__(self, path: Path, compartments: Sequence[str], well_col: str):
+    def __init__(self, path: Path, compartments: Sequence[str], well_col: str, hub: str | None = None,
+                 links: dict | None = None):
         check_sqlite_file(path)
         self.path, self.well_col = path, well_col
         self.con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
@@ -61,7 +62,8 @@ class SqliteSource(Source):
         self.image_table = self._table(tables, "Image")
         self.tables = {c: self._table(tables, c) for c in compartments}
         self.table_columns = {c: self._columns(t) for c, t in self.tables.items()}
-        self.links = link_compartments(self.table_columns, {c: f"{path}: table {t}" for c, t in self.tables.items()})
+        self.links = link_compartments(self.table_columns, {c: f"{path}: table {t}" for c, t in self.tables.items()},
+                                       hub=hub, links=links)
         image_columns = self._columns(self.image_table)
         self.keyed = TABLE_NUMBER in image_columns and all(TABLE_NUMBER in c for c in self.table_columns.values())
         if TABLE_NUMBER in image_columns and not self.keyed:

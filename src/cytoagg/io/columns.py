@@ -45,6 +45,13 @@ def feature_columns(columns: Iterable[str], compartments: Sequence[str] = COMPAR
     return [c for c in columns if is_feature(c, compartments)]
 
 
+def measurement_columns(columns: Iterable[str]) -> list[str]:
+    """The features of a table ingest wrote: every column but metadata and bookkeeping (whatever the compartments
+    were called: ingest chose the features of ``dataset.compartments``)."""
+    keys = {"ImageNumber", "ObjectNumber", "TableNumber"}
+    return [c for c in columns if not is_metadata(c) and not is_bookkeeping(c) and c not in keys]
+
+
 def metadata_columns(columns: Iterable[str]) -> list[str]:
     return [c for c in columns if is_metadata(c)]
 

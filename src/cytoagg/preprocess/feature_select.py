@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io.columns import feature_columns
+from ..io.columns import feature_columns, measurement_columns
 from ..io.files import InputError, write_text
 from ..io.parquet import open_parquet, parquet_columns, reading
 from ..settings import Settings
@@ -271,7 +271,7 @@ def fit_feature_selection(plates: list, out_txt, settings: FeatureSelectSettings
     plates = [Path(p) for p in plates]
     if not plates:
         raise InputError("feature selection needs at least one plate")
-    per_plate = [feature_columns(parquet_columns(p)) for p in plates]
+    per_plate = [measurement_columns(parquet_columns(p)) for p in plates]
     shared = set.intersection(*(set(f) for f in per_plate))
     candidates = [f for f in per_plate[0] if f in shared]
     not_common = sorted(set().union(*per_plate) - shared)

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.columns import Annotation, feature_columns, is_metadata, metadata_columns
+from ..io.columns import Annotation, is_metadata, measurement_columns, metadata_columns
 from ..io.files import InputError, atomic_path, available_cpus
 from ..io.parquet import cell_writer, open_parquet, reading
 from ..settings import Settings
@@ -220,7 +220,7 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
         raise InputError(f"threads must be at least 1, got {threads!r}")
     pf = open_parquet(src)
     names = pf.schema_arrow.names
-    features = feature_columns(names)
+    features = measurement_columns(names)
     if not features:
         raise InputError(f"{src}: no feature columns (Cells_/Cytoplasm_/Nuclei_*) found")
     if well_center and well_col not in names:
