@@ -293,11 +293,13 @@ def test_05_zero_validation_compounds_warn_and_keep_the_last_epoch(tmp_path, tin
     from cytoagg.evaluate.summarize import summarize_plates
 
     ap = tmp_path / "ap.parquet"
-    pd.DataFrame({"plate": ["P1"] * 4, "well": ["A01", "A02", "A03", "A04"], "perturbation": ["a", "a", "b", "b"],
+    pd.DataFrame({"method": "model", "profile_pipeline": "raw", "plate": ["P1"] * 4, "well": ["A01", "A02", "A03", "A04"], "perturbation": ["a", "a", "b", "b"],
                   "average_precision": [1.0, 0.5, 1.0, 0.5], "precision_at_r": [1.0, 0.0, 1.0, 0.0],
                   "n_positives": [1] * 4, "n_candidates": [3] * 4}).to_parquet(ap)
     settings = summarize_settings({"P1": "train"}, null_size=100, splits=splits({"P1": "train"}, validation=[]))
-    summarize_plates({"model": [ap], "mean": [ap]}, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "c.csv",
+    mean = tmp_path / "ap_mean.parquet"
+    pd.read_parquet(ap).assign(method="mean").to_parquet(mean)
+    summarize_plates([ap, mean], tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "c.csv",
                      tmp_path / "v.csv", tmp_path / "v.md", settings)
     for md in ((tmp_path / "t.md").read_text(), (tmp_path / "v.md").read_text()):
         assert "no validation compound" in md and "no validation plate" in md and "a single plate" in md

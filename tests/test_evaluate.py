@@ -296,33 +296,45 @@ def test_pr_curves_give_the_evaluated_ap(tmp_path):
 
 
 def test_cli_evaluates_several_methods_in_one_call(tmp_path, caplog):
-    """The evaluate rule's call: each method's files are named (--profiles METHOD PATH...), never matched by position."""
+    """The evaluate rule's call: each profile's files are named (--profiles KEY PATH...), never matched by position;
+    the per-plate pipelines' profiles come as one folder per ranked plate; one AP table comes out."""
     import json
 
     from cytoagg.cli import main
+    from cytoagg.profiles.pipelines import pipeline_file
 
     files = {}
     for method, seed in (("model", 0), ("mean", 5)):
         for plate in ("P1", "P2"):
             files[method, plate] = tmp_path / f"{method}_{plate}.parquet"
             write_profiles(plate_frame(plate, seed + (plate == "P2")), files[method, plate])
+    folders = [tmp_path / "P1", tmp_path / "P2"]
+    for plate, folder in zip(("P1", "P2"), folders):
+        folder.mkdir()
+        write_profiles(plate_frame(plate, 9 + (plate == "P2")), pipeline_file(folder, "mean", "negcon_mad"))
     settings = evaluate_settings(annotation=annotation(), reference="split", moa_column=None)
     params = json.dumps(settings.to_params())
-    outs = {"model": tmp_path / "ap_model.parquet", "mean": tmp_path / "ap_mean.parquet"}
+    out = tmp_path / "ap.parquet"
     args = ["evaluate", "--plate", "P1", "--params", params]
     for method in ("mean", "model"):  # any order
-        args += ["--profiles", method, str(files[method, "P1"]), str(files[method, "P2"])]
-    for method, out in outs.items():
-        args += ["--out", method, str(out)]
+        args += ["--profiles", f"{method}__raw", str(files[method, "P1"]), str(files[method, "P2"])]
+    args += ["--pipelines", *map(str, folders), "--out", str(out)]
     assert main(args) == 0
-    for method, out in outs.items():
-        alone = evaluate_plate([files[method, "P1"], files[method, "P2"]], tmp_path / "alone.parquet", settings,
-                               query_plates=["P1"])
-        pd.testing.assert_frame_equal(pd.read_parquet(out), alone)
-    no_mean = [a for a in args]
-    no_mean[no_mean.index("mean", no_mean.index("--profiles")) - 1: no_mean.index("mean") + 3] = []
-    assert main(no_mean) == 2
-    assert "--profiles names ['model'] but --out names ['mean', 'model']" in caplog.text
+    ap = pd.read_parquet(out)
+    assert list(ap.columns[:2]) == ["method", "profile_pipeline"]
+    expected = {("mean", "raw"): [files["mean", p] for p in ("P1", "P2")],
+                ("model", "raw"): [files["model", p] for p in ("P1", "P2")],
+                ("mean", "negcon_mad"): [pipeline_file(f, "mean", "negcon_mad") for f in folders]}
+    assert set(zip(ap.method, ap.profile_pipeline)) == set(expected)
+    for (method, pipeline), paths in expected.items():
+        alone = evaluate_plate(paths, tmp_path / "alone.parquet", settings, query_plates=["P1"])
+        got = ap[(ap.method == method) & (ap.profile_pipeline == pipeline)].drop(columns=["method", "profile_pipeline"])
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), alone)
+    # a plate's folder without a profile the others have is named, and nothing is written
+    pipeline_file(folders[1], "mean", "negcon_mad").unlink()
+    out.unlink()
+    assert main(args) == 2
+    assert "P2/mean__negcon_mad.parquet: missing" in caplog.text and not out.exists()
     unknown = json.dumps({**settings.to_params(), "refrence": "plate"})
     assert main([*args[:4], unknown, *args[5:]]) == 2
     assert "unknown setting(s) ['refrence']" in caplog.text

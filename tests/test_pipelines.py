@@ -15,6 +15,7 @@ from cytoagg.profiles.pipelines import (
     fit_sphering_step,
     harmony_step,
     negcon_mad,
+    pipeline_file,
     plate_pipelines,
     profile_key,
     split_key,
@@ -74,9 +75,9 @@ def test_sphering_fit_on_training_controls_equals_pycytominer(tmp_path, method):
     fit = tmp_path / "sphering.npz"
     s = settings(method=method, epsilon=1e-3)
     fit_sphering_step({"mean": [files["P1"], files["P2"]]}, fit, s)
-    outputs = {profile_key("mean", "negcon_mad"): tmp_path / "nm.parquet",
-               profile_key("mean", "negcon_mad_sphere"): tmp_path / "nms.parquet"}
-    plate_pipelines({"mean": files["P3"]}, outputs, fit, s)
+    folder = tmp_path / "P3_pipelines"
+    assert plate_pipelines({"mean": files["P3"]}, folder, fit, s) == ["mean__negcon_mad", "mean__negcon_mad_sphere"]
+    assert sorted(f.name for f in folder.iterdir()) == ["mean__negcon_mad.parquet", "mean__negcon_mad_sphere.parquet"]
     # pycytominer: negcon_mad per plate, Spherize fit on the training plates' control wells, applied to P3
     normalized = [pycytominer.normalize(df, features=FEATURES, meta_features=list(df.filter(like="Metadata_").columns),
                                         method="mad_robustize", samples="Metadata_broad_sample == 'DMSO'")
@@ -84,12 +85,12 @@ def test_sphering_fit_on_training_controls_equals_pycytominer(tmp_path, method):
     controls = pd.concat([n[n.Metadata_broad_sample == "DMSO"][FEATURES] for n in normalized[:2]])
     sphere = Spherize(epsilon=1e-3, method=method).fit(controls)
     ref = sphere.transform(normalized[2][FEATURES]).to_numpy()
-    _, got, names = read_profiles(tmp_path / "nms.parquet")
+    _, got, names = read_profiles(pipeline_file(folder, "mean", "negcon_mad_sphere"))
     if method.startswith("PCA"):  # a principal axis has no sign: align pycytominer's to ours
         ref = ref * np.sign((ref * got).sum(axis=0))
         assert names == [f"PC{i}" for i in range(1, len(FEATURES) + 1)]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
-    _, nm, _ = read_profiles(tmp_path / "nm.parquet")
+    _, nm, _ = read_profiles(pipeline_file(folder, "mean", "negcon_mad"))
     np.testing.assert_allclose(nm, normalized[2][FEATURES].to_numpy(), rtol=1e-6, atol=1e-5)
 
 
@@ -97,8 +98,8 @@ def test_pipelines_need_negative_controls(tmp_path):
     df = well_profiles("P1", 0, negcon=1)
     write_profiles(df, tmp_path / "P1.parquet")
     with pytest.raises(Exception, match="1 negative-control well.*at least 2"):
-        plate_pipelines({"mean": tmp_path / "P1.parquet"}, {profile_key("mean", "negcon_mad"): tmp_path / "o.parquet"},
-                        None, settings())
+        plate_pipelines({"mean": tmp_path / "P1.parquet"}, tmp_path / "o", None, settings(pipelines=["negcon_mad"]))
+    assert not (tmp_path / "o").exists()  # no half-written folder
 
 
 def test_harmony_runs_over_the_plates_of_a_split(tmp_path):

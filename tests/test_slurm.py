@@ -91,8 +91,8 @@ def test_threads_follow_cores(workflow_copy):
         jobs = dry_run_jobs(workflow_copy, "--forceall", "--cores", cores)
         for job in jobs:
             for value in re.findall(r"--threads (\S+)", job["shell"]):
-                # train: train.threads (2 in the tiny config); ingest and normalize: 2; the others 1; all capped by --cores
-                declared = {"train": 2, "ingest": 2, "normalize": 2}.get(job["rule"], 1)
+                # train, train_on_means: train.threads (2 in the tiny config); ingest and normalize: 2; the others 1; all capped by --cores
+                declared = {"train": 2, "train_on_means": 2, "ingest": 2, "normalize": 2}.get(job["rule"], 1)
                 expected = str(min(declared, int(cores)))
                 assert value == expected, (cores, job["rule"], job["shell"])
     train = [j for j in dry_run_jobs(workflow_copy, "--forceall", "--cores", "8", "--set-threads", "train=6")
@@ -109,7 +109,7 @@ def test_memory_and_runtime_grow_with_the_input(workflow_copy):
         with open(big, "r+b") as f:  # sparse: no disk used; dry runs only look at the size
             f.truncate(8 * 2**30)
         os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        jobs = dry_run_jobs(workflow_copy, "--forcerun", "embed", "aggregate", "--until", "embed", "aggregate")
+        jobs = dry_run_jobs(workflow_copy, "--forcerun", "embed", "aggregate", "--until", "embed")
     finally:
         with open(big, "r+b") as f:
             f.truncate(size)

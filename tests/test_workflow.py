@@ -27,10 +27,15 @@ def test_outputs_of_every_step(finished):
     for plate in ("P1", "P2", "P3"):
         assert (r / "synthetic/plates" / f"{plate}.sqlite").exists()
         for step in ("ingested", "normalized", "profiles/model", "profiles/model_untrained", "profiles/mlp_on_mean",
-                     "profiles/mean", "profiles/mean_std", "pipelines/negcon_mad/model", "pipelines/negcon_mad_sphere/mean",
-                     "ap/raw/model", "ap/negcon_mad/mean", "ap/negcon_mad_sphere/mlp_on_mean"):
+                     "profiles/mean", "profiles/mean_std", "ap"):
             assert (r / step / f"{plate}.parquet").exists(), (step, plate)
         assert (r / "logs/ingest" / f"{plate}.log").exists()
+        methods = ("model", "model_untrained", "mlp_on_mean", "mean", "mean_std")
+        assert sorted(f.name for f in (r / "pipelines/by_plate" / plate).glob("*.parquet")) == sorted(
+            f"{m}__{p}.parquet" for m in methods for p in ("negcon_mad", "negcon_mad_sphere"))
+        ap = pd.read_parquet(r / "ap" / f"{plate}.parquet")
+        assert set(zip(ap.method, ap.profile_pipeline)) == {
+            (m, p) for m in methods for p in ("raw", "negcon_mad", "negcon_mad_sphere")}
         assert (r / "benchmarks/normalize" / f"{plate}.tsv").exists()
     assert (r / "model/model.pt").exists() and (r / "controls/mlp_on_mean/model.pt").exists()
     assert (r / "pipelines/sphering.npz").exists()
@@ -70,8 +75,8 @@ def test_map_tables(finished):
     assert "Retrieved model | Retrieved BM | Training p (model vs BM) | Validation p (model vs BM) |" in md
 
     compounds = pd.read_csv(finished / "results/tables/ap_per_compound.csv")
-    assert list(compounds.columns[:6]) == ["compound", "plate", "method", "mAP", "p_value", "corrected_p_value"]
-    assert len(compounds) == 48 * 3 * 3  # compounds x plates x methods
+    assert list(compounds.columns[:7]) == ["compound", "plate", "method", "profile_pipeline", "mAP", "p_value", "corrected_p_value"]
+    assert len(compounds) == 48 * 3 * 5 * 3  # compounds x plates x methods x pipelines
     assert (compounds.corrected_p_value >= compounds.p_value).all()
 
 
@@ -84,7 +89,7 @@ def test_sampling_sweep_and_effective_rank_tables(finished):
     long = pd.read_csv(finished / "results/tables/map_per_plate.csv")
     key = ["plate", "compound_split", "method"]
     a = sweep[sweep.cells_sampled == "all"].set_index(key)["mAP"]
-    b = long[long.method.isin(["model", "mean"])].set_index(key)["mAP"]
+    b = long[long.method.isin(["model", "mean"]) & (long.profile_pipeline == "raw")].set_index(key)["mAP"]
     pd.testing.assert_series_equal(a.sort_index(), b.loc[a.index].sort_index(), atol=1e-6, check_names=False)
     rank = pd.read_csv(finished / "results/tables/effective_rank.csv")
     assert rank.representation.tolist() == ["pooled", "head", "mean"] and set(rank.plates) == {"P3"}
@@ -140,7 +145,7 @@ def test_adding_a_training_plate_retrains(finished):
 
 def test_one_plate_target(finished):
     assert planned_jobs(finished, "results/normalized/P2.parquet", "--forcerun", "normalize") == {"normalize": 1}
-    assert planned_jobs(finished, "results/ap/raw/model/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
+    assert planned_jobs(finished, "results/ap/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
 
 
 def test_forcerun_one_validation_plate_reruns_its_downstream_only(finished):
@@ -223,7 +228,9 @@ def test_own_plates_barcode_platemaps_and_split_reference_are_planned_per_plate(
     assert {p: Path(s["platemap"]).name for p, s in ingest.items()} == {"PA": "map1.txt", "PB": "map2.txt", "PC": "map1.txt"}
     evaluate = {arg(c, "--plate")[0]: {m: files for m, *files in args(c, "--profiles")} for c in commands if c[3] == "evaluate"}
     methods = ("model", "model_untrained", "mlp_on_mean", "mean")
-    assert set(evaluate["PA"]) == {f"{m}__{p}" for m in methods for p in ("raw", "negcon_mad", "negcon_mad_sphere")}
+    assert set(evaluate["PA"]) == {f"{m}__raw" for m in methods}
     assert evaluate["PA"]["model__raw"] == [f"results/profiles/model/{p}.parquet" for p in ("PA", "PB")]
-    assert evaluate["PA"]["mean__negcon_mad"] == [f"results/pipelines/negcon_mad/mean/{p}.parquet" for p in ("PA", "PB")]
+    folders = {arg(c, "--plate")[0]: arg(c, "--pipelines") for c in commands if c[3] == "evaluate"}
+    assert folders["PA"] == [f"results/pipelines/by_plate/{p}" for p in ("PA", "PB")]
+    assert folders["PC"] == ["results/pipelines/by_plate/PC"]
     assert evaluate["PC"]["model__raw"] == ["results/profiles/model/PC.parquet"]

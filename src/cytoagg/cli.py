@@ -144,8 +144,7 @@ def cmd_profile_pipelines(args, settings):
     from .profiles.pipelines import plate_pipelines
 
     raw = {method: files[0] for method, files in _named(args.profiles, "--profiles", paths=1).items()}
-    outputs = {key: files[0] for key, files in _named(args.out, "--out", paths=1).items()}
-    plate_pipelines(raw, outputs, args.sphering[0] if args.sphering else None, settings)
+    plate_pipelines(raw, args.out, args.sphering[0] if args.sphering else None, settings)
 
 
 def cmd_harmony(args, settings):
@@ -158,16 +157,11 @@ def cmd_harmony(args, settings):
 
 
 def cmd_evaluate(args, settings):
-    """Each method's profiles (its plate, or every plate of the split) -> that method's per-well AP file."""
-    from .evaluate.retrieval import evaluate_plate
+    """Each profile's files (its plate, or every plate of the split) -> one per-well AP table for all of them."""
+    from .evaluate.retrieval import evaluate_profiles
 
-    profiles = _named(args.profiles, "--profiles")
-    outputs = _named(args.out, "--out", paths=1)
-    if set(profiles) != set(outputs):
-        raise InputError(f"evaluate: --profiles names {sorted(profiles)} but --out names {sorted(outputs)}")
-    for method, (out,) in outputs.items():
-        logger.info("evaluating %s", method)
-        evaluate_plate(profiles[method], out, settings, query_plates=args.plate)
+    evaluate_profiles(_named(args.profiles, "--profiles"), args.out, settings, query_plates=args.plate,
+                      pipeline_folders=args.pipelines)
 
 
 def cmd_sampling_sweep(args, settings):
@@ -193,7 +187,7 @@ def cmd_effective_rank(args, settings):
 def cmd_summarize(args, settings):
     from .evaluate.summarize import summarize_plates
 
-    summarize_plates(_named(args.ap, "--ap"), args.out_csv, args.out_md, args.out_compounds, args.out_verdict_csv,
+    summarize_plates(args.ap, args.out_csv, args.out_md, args.out_compounds, args.out_verdict_csv,
                      args.out_verdict_md, settings)
 
 
@@ -249,7 +243,7 @@ def cmd_toy_data(args, spec):
 def cmd_toy_summary(args, _):
     from .synthetic.toy import summarize_toy
 
-    summarize_toy(_named(args.ap, "--ap"), args.out_md, args.out_csv)
+    summarize_toy(args.ap, args.out_md, args.out_csv)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -316,18 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("--out", {**named, "required": True}),
         ("--covariance-features", {"nargs": "*", "default": [], "help": "mean_cov's features (a file); none without mean_cov"}))
     add("fit-sphering", cmd_fit_sphering, ("--profiles", {**named, "required": True}), ("--out", one))
-    add("profile-pipelines", cmd_profile_pipelines, ("--profiles", {**named, "required": True}),
-        ("--out", {**named, "required": True}),
+    add("profile-pipelines", cmd_profile_pipelines, ("--profiles", {**named, "required": True}), ("--out", one),
         ("--sphering", {"nargs": "*", "default": [], "help": "the sphering fit, for negcon_mad_sphere"}))
     add("harmony", cmd_harmony, ("--profiles", {**named, "required": True}), ("--out", {**named, "required": True}))
-    add("evaluate", cmd_evaluate, ("--profiles", {**named, "required": True}), ("--out", {**named, "required": True}),
+    add("evaluate", cmd_evaluate, ("--profiles", {**named, "required": True}), ("--out", one),
+        ("--pipelines", {"nargs": "*", "default": [], "help": "the per-plate pipelines' folders of the ranked plates"}),
         ("--plate", {"nargs": "+", "default": None, "help": "the plates whose wells are queries (default: all)"}))
     add("sampling-sweep", cmd_sampling_sweep, ("--normalized", one), ("--checkpoint", one), ("--features", one),
         ("--out", one), ("--plate", one))
     add("summarize-sampling-sweep", cmd_summarize_sampling_sweep, ("--sweep", many), ("--out-csv", one), ("--out-md", one))
     add("effective-rank", cmd_effective_rank, ("--normalized", many), ("--checkpoint", one),
         ("--features", one), ("--out-summary", one), ("--out-spectra", one))
-    add("summarize", cmd_summarize, ("--ap", {**named, "required": True}), ("--out-csv", one), ("--out-md", one),
+    add("summarize", cmd_summarize, ("--ap", many), ("--out-csv", one), ("--out-md", one),
         ("--out-compounds", one), ("--out-verdict-csv", one), ("--out-verdict-md", one))
     add("plot-map", cmd_plot_map, ("--table", one), ("--out", one))
     add("plot-training", cmd_plot_training, ("--training-log", one), ("--out", one))
@@ -338,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
-    add("toy-summary", cmd_toy_summary, ("--ap", {**named, "required": True}), ("--out-md", one), ("--out-csv", one))
+    add("toy-summary", cmd_toy_summary, ("--ap", many), ("--out-md", one), ("--out-csv", one))
     return ap
 
 

@@ -38,9 +38,11 @@ PIPELINES = list(dict.fromkeys(["raw", *EVAL["pipelines"]]))  # raw always
 if EXPERIMENT:  # the toy experiments compare the model with the mean, as the original did
     BASELINES, CONTROLS, PIPELINES = ["mean"], [], ["raw"]
 METHODS = ["model", *CONTROLS, *BASELINES]
-PLATE_PIPELINES = [p for p in PIPELINES if p in ("negcon_mad", "negcon_mad_sphere")]  # one job per plate
+PLATE_PIPELINES = [p for p in PIPELINES if p in ("negcon_mad", "negcon_mad_sphere")]  # one folder per plate
 PROFILES = {profile_key(m, p): (m, p) for m in METHODS for p in PIPELINES}  # every method through every pipeline
-PLATE_PIPELINE_PROFILES = [profile_key(m, p) for m in METHODS for p in PLATE_PIPELINES]
+# What evaluate gets one file per profile for (the raw profiles, harmony's); the per-plate pipelines' profiles
+# come in one folder per plate.
+FILE_PROFILES = {k: mp for k, mp in PROFILES.items() if mp[1] not in PLATE_PIPELINES}
 SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
 # Precision-recall curves and effective ranks look at held-out plates (the training plates if there are none).
 DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
@@ -185,14 +187,15 @@ if not RANK_WITHIN_PLATE:
 
 
 def profile_file(method, pipeline, plate="{plate}"):
-    """A plate's well profiles of one method through one pipeline (raw: as aggregated or embedded)."""
+    """A plate's well profiles of one method through raw or harmony (the per-plate pipelines: pipeline_folder)."""
     if pipeline == "raw":
         return f"{R}/profiles/{method}/{plate}.parquet"
     return f"{R}/pipelines/{pipeline}/{method}/{plate}.parquet"
 
 
-def ap_file(method, pipeline, plate="{plate}"):
-    return f"{R}/ap/{pipeline}/{method}/{plate}.parquet"
+def pipeline_folder(plate="{plate}"):
+    """A plate's folder of every method through every per-plate pipeline (cytoagg.profiles.pipelines.pipeline_file)."""
+    return f"{R}/pipelines/by_plate/{plate}"
 
 
 def ranked_profiles(method, pipeline):
@@ -200,6 +203,15 @@ def ranked_profiles(method, pipeline):
     if RANK_WITHIN_PLATE:
         return profile_file(method, pipeline)
     return lambda w: [profile_file(method, pipeline, p) for p in RANKED_AGAINST.get(w.plate, [w.plate])]
+
+
+def ranked_pipeline_folders():
+    """evaluate's per-plate pipeline folders: the plate's, or every plate's of its split."""
+    if not PLATE_PIPELINES:
+        return []
+    if RANK_WITHIN_PLATE:
+        return [pipeline_folder()]
+    return lambda w: [pipeline_folder(p) for p in RANKED_AGAINST.get(w.plate, [w.plate])]
 
 
 def model_path():

@@ -1,13 +1,15 @@
 # Replicate retrieval per plate: each well queries the other wells of its plate (or of every plate of
 # its split, evaluate.reference: split). One job per plate evaluates every profile (every method through every
-# pipeline): a job per plate and step keeps the DAG small for thousands of plates (benchmarks/dag.md).
+# pipeline) into one table: a job and a file per plate and step keep the DAG small for thousands of plates
+# (benchmarks/dag.md).
 
 
 rule evaluate:
     input:
-        **{k: ranked_profiles(m, p) for k, (m, p) in PROFILES.items()},
+        **{k: ranked_profiles(m, p) for k, (m, p) in FILE_PROFILES.items()},
+        pipelines=ranked_pipeline_folders(),
     output:
-        **{k: ap_file(m, p) for k, (m, p) in PROFILES.items()},
+        f"{R}/ap/{{plate}}.parquet",
     params:
         settings=settings(
             annotation=ANNOTATION,
@@ -28,6 +30,5 @@ rule evaluate:
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        f"python -m cytoagg evaluate {named_file_args('--profiles', PROFILES, 'input')} "
-        f"{named_file_args('--out', PROFILES, 'output')} "
-        "--plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"
+        f"python -m cytoagg evaluate {named_file_args('--profiles', FILE_PROFILES, 'input')} "
+        "--pipelines {input.pipelines:q} --out {output:q} --plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"

@@ -92,9 +92,10 @@ use rule aggregate as toy_aggregate with:
 
 use rule evaluate as toy_evaluate with:
     input:
-        **{k: f"{TOY}/{{plate}}/profiles/{m}.parquet" for k, (m, p) in PROFILES.items()},
+        **{k: f"{TOY}/{{plate}}/profiles/{m}.parquet" for k, (m, p) in FILE_PROFILES.items()},
+        pipelines=[],
     output:
-        **{k: f"{TOY}/{{plate}}/ap/{m}.parquet" for k, (m, p) in PROFILES.items()},
+        f"{TOY}/{{plate}}/ap.parquet",
     log:
         f"{R}/logs/toy_evaluate/{{plate}}.log",
     benchmark:
@@ -105,7 +106,7 @@ use rule evaluate as toy_evaluate with:
 
 rule toy_summary:
     input:
-        **{m: [f"{TOY}/{r}/ap/{m}.parquet" for r in toy_runs()] for m in ("model", "mean")},
+        [f"{TOY}/{r}/ap.parquet" for r in toy_runs()],
     output:
         md=f"{TOY}/results.md",
         csv=f"{TOY}/results.csv",
@@ -119,5 +120,4 @@ rule toy_summary:
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        f"python -m cytoagg toy-summary {named_file_args('--ap', ('model', 'mean'), 'input')} "
-        "--out-md {output.md:q} --out-csv {output.csv:q} 2> {log:q}"
+        "python -m cytoagg toy-summary --ap {input:q} --out-md {output.md:q} --out-csv {output.csv:q} 2> {log:q}"

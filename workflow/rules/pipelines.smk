@@ -24,13 +24,14 @@ rule fit_sphering:
         "--out {output:q} --params {params.settings:q} 2> {log:q}"
 
 
-# One job per plate writes every method's per-plate pipelines: the plate's profiles are read once.
+# One job per plate writes every method through every per-plate pipeline into one folder: the plate's
+# profiles are read once, and a folder per plate keeps the DAG small (benchmarks/dag.md).
 rule profile_pipelines:
     input:
         **{m: profile_file(m, "raw") for m in METHODS},
         sphering=[f"{R}/pipelines/sphering.npz"] if "negcon_mad_sphere" in PIPELINES else [],
     output:
-        **{profile_key(m, p): profile_file(m, p) for m in METHODS for p in PLATE_PIPELINES},  # PLATE_PIPELINE_PROFILES
+        directory(pipeline_folder()),
     params:
         settings=PIPELINE_SETTINGS,
     log:
@@ -44,8 +45,7 @@ rule profile_pipelines:
         f"{ENVS}/tables.yaml"
     shell:
         f"python -m cytoagg profile-pipelines {named_file_args('--profiles', METHODS, 'input')} "
-        f"{named_file_args('--out', PLATE_PIPELINE_PROFILES, 'output')} "
-        "--sphering {input.sphering:q} --params {params.settings:q} 2> {log:q}"
+        "--out {output:q} --sphering {input.sphering:q} --params {params.settings:q} 2> {log:q}"
 
 
 if "harmony" in PIPELINES:

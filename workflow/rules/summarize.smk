@@ -4,7 +4,7 @@
 
 rule summarize:
     input:
-        **{k: expand(ap_file(m, p), plate=PLATES) for k, (m, p) in PROFILES.items()},
+        expand(f"{R}/ap/{{plate}}.parquet", plate=PLATES),
     output:
         csv=report(f"{R}/tables/map_per_plate.csv", caption="../report/map_table.rst", category="3. Tables"),
         md=f"{R}/tables/map_per_plate.md",
@@ -30,7 +30,6 @@ rule summarize:
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        f"python -m cytoagg summarize {named_file_args('--ap', PROFILES, 'input')} "
-        "--out-csv {output.csv:q} --out-md {output.md:q} --out-compounds {output.compounds:q} "
+        "python -m cytoagg summarize --ap {input:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-compounds {output.compounds:q} "
         "--out-verdict-csv {output.verdict:q} --out-verdict-md {output.verdict_md:q} "
         "--params {params.settings:q} 2> {log:q}"

@@ -135,7 +135,33 @@ class EvaluateSettings(Settings):
     baseline_corrected: bool
 
 
-def evaluate_plate(profiles_path, out: str | os.PathLike, settings: EvaluateSettings, query_plates=None, log=None) -> pd.DataFrame:
+def evaluate_profiles(profiles: dict[str, list], out, settings: EvaluateSettings, query_plates=None, log=None,
+                      pipeline_folders: list | None = None) -> pd.DataFrame:
+    """The evaluate step: every profile of a plate (``profiles``: ``profile_key(method, pipeline)`` or a method
+    name -> its files: the plate's, or every plate of its split; and every profile in the per-plate pipelines'
+    ``pipeline_folders``, one per plate) -> one AP table (``out``), the rows of each profile led by ``method`` and
+    ``profile_pipeline``."""
+    from ..profiles.pipelines import KEY_SEPARATOR, pipeline_profiles, split_key
+
+    profiles = {**profiles, **pipeline_profiles(list(pipeline_folders or []))}
+    parts = []
+    for key, files in profiles.items():
+        method, pipeline = split_key(key) if KEY_SEPARATOR in key else (key, "raw")
+        _logger(log)(f"evaluating {method} through {pipeline}")
+        ap = evaluate_plate(files, None, settings, query_plates=query_plates, log=log)
+        ap.insert(0, "profile_pipeline", pipeline)
+        ap.insert(0, "method", method)
+        parts.append(ap)
+    if not parts:
+        raise InputError("evaluate: no profiles given")
+    result = pd.concat(parts, ignore_index=True)
+    if out is not None:
+        write_table(result, out)
+    return result
+
+
+def evaluate_plate(profiles_path, out: str | os.PathLike | None, settings: EvaluateSettings, query_plates=None,
+                   log=None) -> pd.DataFrame:
     """Write (and return) one row per treated well: its AP at retrieving same-perturbation wells.
 
     ``profiles_path``: one profile file, or several (e.g. every plate of a split). ``reference``:
@@ -237,7 +263,8 @@ def evaluate_plate(profiles_path, out: str | os.PathLike, settings: EvaluateSett
     others = [c for c in meta.columns if c not in ids.values()]
     extra = [c for c in scores.columns if c not in AP_COLUMNS]
     result = result.rename(columns={v: k for k, v in ids.items()})[[*ids, *AP_COLUMNS, *extra, *others]]
-    write_table(result, out)
+    if out is not None:
+        write_table(result, out)
     return result
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..io.files import write_table, write_text
+from ..io.files import InputError, write_table, write_text
 from ..io.parquet import read_parquet
 from ..settings import Settings
 from ..splits import CompoundSplit
@@ -462,18 +462,14 @@ def verdict_markdown(verdict: pd.DataFrame, long: pd.DataFrame) -> str:
     return text + to_markdown(show[cols].rename(columns=names), formats={"p": format_p})
 
 
-def summarize_plates(ap_files: dict[str, list], out_csv, out_md, out_compounds, out_verdict_csv, out_verdict_md,
+def summarize_plates(ap_files: list, out_csv, out_md, out_compounds, out_verdict_csv, out_verdict_md,
                      settings: SummarizeSettings) -> pd.DataFrame:
-    """The summarize step: every profile's per-well AP files (``profile_key(method, pipeline)`` or a method name ->
-    files) -> ``out_csv`` (the long mAP table), ``out_md`` (the headline tables), ``out_compounds`` (per compound,
+    """The summarize step: every plate's per-well AP table (the evaluate step's: ``method`` and ``profile_pipeline``
+    columns) -> ``out_csv`` (the long mAP table), ``out_md`` (the headline tables), ``out_compounds`` (per compound,
     with p-values) and the verdict (csv and md)."""
-    from ..profiles.pipelines import KEY_SEPARATOR, split_key
-
-    frames = []
-    for key, files in ap_files.items():
-        method, pipeline = split_key(key) if KEY_SEPARATOR in key else (key, RAW)
-        frames += [read_parquet(f).assign(method=method, profile_pipeline=pipeline) for f in files]
-    ap = pd.concat(frames, ignore_index=True)
+    ap = _with_pipeline(pd.concat([read_parquet(f) for f in ap_files], ignore_index=True))
+    if "method" not in ap.columns:
+        raise InputError(f"{ap_files[0]}: no method column (not an AP table of the evaluate step)")
     per_compound = ap_per_compound(
         add_splits(ap, settings.splits), null_size=settings.null_size, threshold=settings.significance_threshold,
         seed=settings.seed,

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..io.columns import Annotation
-from ..io.files import InputError, atomic_path
+from ..io.files import InputError, atomic_dir, atomic_path
 from ..io.parquet import read_profiles, write_profiles
 from ..preprocess.statistics import NormalizerParams, apply_normalizer, fit_normalizer
 from ..settings import Settings
@@ -175,30 +176,48 @@ def load_sphering(path, method: str, features: list[str]) -> NormalizerParams:
         )
 
 
-def plate_pipelines(raw: dict[str, str], outputs: dict[str, str], sphering_fit, settings: PipelineSettings) -> None:
+PLATE_PIPELINES = ("negcon_mad", "negcon_mad_sphere")  # computed per plate, into one folder per plate
+
+
+def pipeline_file(folder, method: str, pipeline: str) -> Path:
+    """Where the per-plate step keeps one method's profiles through one pipeline in a plate's folder."""
+    return Path(folder) / f"{profile_key(method, pipeline)}.parquet"
+
+
+def pipeline_profiles(folders: list) -> dict[str, list[Path]]:
+    """Every profile the per-plate step wrote into these plates' folders: profile key -> one file per folder."""
+    keys = sorted(p.stem for p in Path(folders[0]).glob("*.parquet")) if folders else []
+    profiles = {key: [Path(f) / f"{key}.parquet" for f in folders] for key in keys}
+    for key, files in profiles.items():
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: missing (the other plates' folders have {key})")
+    return profiles
+
+
+def plate_pipelines(raw: dict[str, str], out_dir, sphering_fit, settings: PipelineSettings) -> list[str]:
     """The per-plate step: each method's raw profiles of one plate (``raw``: method -> file) through the per-plate
-    pipelines (``outputs``: profile_key(method, pipeline) -> file, for negcon_mad and negcon_mad_sphere).
-    The plate's profiles are read once; sphering needs ``sphering_fit`` (:func:`fit_sphering_step`)."""
-    wanted: dict[str, set[str]] = {}
-    for key in outputs:
-        method, pipeline = split_key(key)
-        if pipeline not in ("negcon_mad", "negcon_mad_sphere"):
-            raise InputError(f"{key}: the per-plate step writes negcon_mad and negcon_mad_sphere, not {pipeline}")
-        if method not in raw:
-            raise InputError(f"{key}: no raw profiles of {method} given")
-        wanted.setdefault(method, set()).add(pipeline)
-    for method, pipelines in wanted.items():
-        meta, x, features = _read(raw[method], settings.annotation)
-        normalized = negcon_mad(meta, x, settings.annotation, str(raw[method]))
-        if "negcon_mad" in pipelines:
-            write_profiles(_frame(meta, normalized, features), outputs[profile_key(method, "negcon_mad")])
-        if "negcon_mad_sphere" in pipelines:
-            if sphering_fit is None:
-                raise InputError("the negcon_mad_sphere pipeline needs the training plates' sphering fit")
-            params = load_sphering(sphering_fit, method, features)
-            y = sphere(normalized, params)
-            write_profiles(_frame(meta, y, sphered_names(features, params)),
-                           outputs[profile_key(method, "negcon_mad_sphere")])
+    pipelines of ``settings.pipelines`` (negcon_mad, negcon_mad_sphere), into the plate's folder ``out_dir``
+    (:func:`pipeline_file`). The plate's profiles are read once; sphering needs ``sphering_fit``
+    (:func:`fit_sphering_step`). Returns the profile keys written."""
+    pipelines = [p for p in settings.pipelines if p in PLATE_PIPELINES]
+    if "negcon_mad_sphere" in pipelines and sphering_fit is None:
+        raise InputError("the negcon_mad_sphere pipeline needs the training plates' sphering fit")
+    written = []
+    with atomic_dir(out_dir) as tmp:
+        for method, path in raw.items():
+            meta, x, features = _read(path, settings.annotation)
+            normalized = negcon_mad(meta, x, settings.annotation, str(path))
+            if "negcon_mad" in pipelines:
+                write_profiles(_frame(meta, normalized, features), pipeline_file(tmp, method, "negcon_mad"))
+                written.append(profile_key(method, "negcon_mad"))
+            if "negcon_mad_sphere" in pipelines:
+                params = load_sphering(sphering_fit, method, features)
+                y = sphere(normalized, params)
+                write_profiles(_frame(meta, y, sphered_names(features, params)),
+                               pipeline_file(tmp, method, "negcon_mad_sphere"))
+                written.append(profile_key(method, "negcon_mad_sphere"))
+    return written
 
 
 def harmony_step(raw: dict[str, list], outputs: dict[str, list], settings: PipelineSettings, seed: int = 0) -> None:

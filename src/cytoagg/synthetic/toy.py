@@ -162,15 +162,15 @@ def summarize_runs(ap: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return per_sample, summary
 
 
-def summarize_toy(ap_files: dict[str, list], out_md, out_csv) -> pd.DataFrame:
-    """The toy summary step: per-sample AP files (method -> one file per run; the run is the files' plate) ->
-    ``out_csv`` (per sample) and ``out_md``."""
+def summarize_toy(ap_files: list, out_md, out_csv) -> pd.DataFrame:
+    """The toy summary step: each run's per-sample AP table (the evaluate step's; the run is its plate) ->
+    ``out_csv`` (per sample, model and mean) and ``out_md``."""
     from ..evaluate.summarize import to_markdown
     from ..io.files import write_table, write_text
     from ..io.parquet import read_parquet
 
-    frames = [read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files]
-    ap = pd.concat(frames, ignore_index=True)
+    ap = pd.concat([read_parquet(f) for f in ap_files], ignore_index=True)
+    ap = ap[ap["method"].isin(["model", "mean"])]
     ap.insert(0, "run", ap["plate"])
     per_sample, summary = summarize_runs(ap)
     write_table(per_sample, out_csv)
