@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..io.columns import Annotation
 from ..io.files import InputError, write_table
-from ..io.parquet import read_profiles
+from ..io.parquet import merged_provenance, read_profiles
 from ..settings import Settings
 from ..splits import CompoundSplit
 from .average_precision import AP_COLUMNS, average_precision, baseline_corrected_ap
@@ -154,7 +154,8 @@ def evaluate_plate(profiles_path, out: str | os.PathLike, settings: EvaluateSett
     (CytoSummaryNet's corrected AP, not the plain AP), and ``moa_baseline_corrected_ap``.
 
     Columns: ``plate``, ``well``, ``perturbation``, ``average_precision``, ``precision_at_r``,
-    ``n_positives``, ``n_candidates``, the optional ones above, then the well's other ``Metadata_*``.
+    ``n_positives``, ``n_candidates``, the optional ones above, then the well's other ``Metadata_*``. The
+    profiles' ``cytoagg.*`` key-value metadata (e.g. the model's arithmetic) is carried into the AP file.
     """
     say = _logger(log)
     annotation, reference, negcon_as_negatives = settings.annotation, settings.reference, settings.negcon_as_negatives
@@ -237,7 +238,8 @@ def evaluate_plate(profiles_path, out: str | os.PathLike, settings: EvaluateSett
     others = [c for c in meta.columns if c not in ids.values()]
     extra = [c for c in scores.columns if c not in AP_COLUMNS]
     result = result.rename(columns={v: k for k, v in ids.items()})[[*ids, *AP_COLUMNS, *extra, *others]]
-    write_table(result, out)
+    paths = [profiles_path] if isinstance(profiles_path, (str, os.PathLike)) else list(profiles_path)
+    write_table(result, out, metadata=merged_provenance(paths))  # e.g. the model profiles' arithmetic
     return result
 
 

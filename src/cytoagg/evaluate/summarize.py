@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.files import write_table, write_text
+from ..io.parquet import MODEL_PRECISION_KEY, PRECISION_KEY, merged_provenance
 from ..settings import Settings
 from ..splits import CompoundSplit
 from .significance import mean_average_precision, paired_test
@@ -254,8 +255,23 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) 
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, threshold: float = 0.05) -> str:
-    """``map_per_plate.md``: the headline table, and the baseline-corrected one when the APs have it."""
+def precision_note(provenance: dict[str, str]) -> str:
+    """The line a summary gives on the arithmetic of the model profiles (from their files' key-value metadata);
+    empty when they do not record it."""
+    if PRECISION_KEY not in provenance:
+        return ""
+    trained = provenance.get(MODEL_PRECISION_KEY)
+    return (
+        f"Model profiles computed in {provenance[PRECISION_KEY]}"
+        + (f", by a model trained in {trained}" if trained else "")
+        + " (`train.precision`).\n\n"
+    )
+
+
+def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, threshold: float = 0.05,
+                    provenance: dict[str, str] | None = None) -> str:
+    """``map_per_plate.md``: the headline table, and the baseline-corrected one when the APs have it.
+    ``provenance``: the model AP files' key-value metadata (the line on the model's arithmetic)."""
     p_fmt = {c: format_p for c in ("Training p (model vs BM)", "Validation p (model vs BM)")}
     text = (
         "# Replicate retrieval mAP per plate\n\n"
@@ -263,7 +279,8 @@ def markdown_report(long: pd.DataFrame, pooled: pd.DataFrame | None = None, thre
         "BM: mean-aggregation baseline. Retrieved: fraction of compounds whose mAP beats random rankings "
         f"(permutation p-value, BH-corrected per plate and method, < {threshold:g}). "
         "p (model vs BM): two-sided Wilcoxon signed-rank test of the model's AP against BM's over the same "
-        "query wells (mean rows: over all query wells of those plates).\n\n" + to_markdown(headline_table(long, pooled), formats=p_fmt)
+        "query wells (mean rows: over all query wells of those plates).\n\n" + precision_note(provenance or {})
+        + to_markdown(headline_table(long, pooled), formats=p_fmt)
     )
     if "baseline_corrected_mAP" in long.columns:
         text += (
@@ -296,5 +313,7 @@ def summarize_plates(ap_files: dict[str, list], out_csv, out_md, out_compounds, 
     long = map_per_plate(ap, settings.splits, per_compound=per_compound)
     write_table(long, out_csv)
     write_table(per_compound, out_compounds)
-    write_text(markdown_report(long, pooled_tests(ap, settings.splits), settings.significance_threshold), out_md)
+    provenance = merged_provenance(ap_files.get("model", []))
+    write_text(markdown_report(long, pooled_tests(ap, settings.splits), settings.significance_threshold, provenance),
+               out_md)
     return long

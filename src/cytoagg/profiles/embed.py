@@ -20,17 +20,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbedSettings(Settings):
-    """``train.embedding`` and ``train.device``, the normalization the plate went through (config ``normalize:``
-    less ``memory_mb``) and the metadata columns."""
+    """``train.embedding``, ``train.device`` and ``train.precision``, the normalization the plate went through
+    (config ``normalize:`` less ``memory_mb``) and the metadata columns."""
 
     annotation: Annotation
     embedding: str  # head | pooled
     device: str
+    precision: str  # auto | fp32 | bf16
     normalization: dict
 
 
 def embed_plate(normalized, checkpoint, out, plate: str, settings: EmbedSettings, threads: int = 1) -> pd.DataFrame:
-    """Write one row per well: its metadata, ``Metadata_n_cells`` and the model profile ``emb_0000...``.
+    """Write one row per well: its metadata, ``Metadata_n_cells`` and the model profile ``emb_0000...``; the
+    file's key-value metadata records the arithmetic of the profiles and of the training (``cytoagg.precision``,
+    ``cytoagg.model_precision``).
 
     ``embedding``: ``head`` (the projection the loss saw) or ``pooled`` (the pooled per-cell features before the head).
     ``normalization``: the settings the plate was normalized with; a model trained on another
@@ -39,16 +42,17 @@ def embed_plate(normalized, checkpoint, out, plate: str, settings: EmbedSettings
     embedding = settings.embedding
     if embedding not in ("head", "pooled"):
         raise InputError(f"train.embedding must be 'head' or 'pooled', got {embedding!r}")
-    trained = load_model(checkpoint, settings.device, threads)
+    trained = load_model(checkpoint, settings.device, threads, settings.precision)
     _check_normalization(checkpoint, trained.payload.get("normalization") or {}, settings.normalization)
     cells, wells, _ = load_plate_cells(normalized, trained.features, plate, settings.annotation)
-    profiles = embed_cells(trained.network, cells, trained.device, use_head=embedding == "head")
+    profiles = embed_cells(trained.network, cells, trained.device, trained.precision, use_head=embedding == "head")
     df = pd.concat(
         [wells.reset_index(drop=True), pd.DataFrame(profiles, columns=[f"emb_{i:04d}" for i in range(profiles.shape[1])])],
         axis=1,
     )
-    write_profiles(df, out)
-    logger.info("%s: %d wells embedded from %d cells (%s, %s)", plate, len(df), len(cells.x), embedding, trained.device)
+    write_profiles(df, out, metadata=trained.provenance())
+    logger.info("%s: %d wells embedded from %d cells (%s, %s, %s)", plate, len(df), len(cells.x), embedding,
+                trained.device, trained.precision)
     return df
 
 

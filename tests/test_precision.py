@@ -1,0 +1,185 @@
+"""train.precision: what ``auto`` picks (flags and timed probe, monkeypatched), the bf16 arithmetic of the model on
+the CPU (float32 sums and gradients), and the precision recorded beside the model's outputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cytoagg.io.files import InputError
+from cytoagg.model import precision as P
+from cytoagg.model.network import DeepSets, SetPooledLayer
+from helpers import REPO, model_spec
+
+CPU = torch.device("cpu")
+BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.fixture
+def fresh_check():
+    """``auto``'s CPU check is cached per process: start and leave with an empty cache."""
+    P.cpu_bf16_check.cache_clear()
+    yield
+    P.cpu_bf16_check.cache_clear()
+
+
+def test_explicit_settings_and_unknown_ones():
+    assert P.resolve_precision("fp32", CPU) == "fp32"
+    assert P.resolve_precision("bf16", CPU) == "bf16"
+    assert P.resolve_precision("auto", torch.device("cuda")) == "bf16"  # CUDA keeps its bf16 path
+    assert P.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(InputError, match="train.precision"):
+        P.resolve_precision("fp16", CPU)
+
+
+def test_cpu_flags_of_x86_and_arm(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: fpu\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert "amx_bf16" in P.cpu_flags(str(x86)) and "avx2" in P.cpu_flags(str(x86))
+    assert "bf16" in P.cpu_flags(str(arm))
+    assert P.cpu_flags(str(tmp_path / "absent")) is None
+
+
+def test_auto_without_bf16_flags_is_fp32_and_times_nothing(monkeypatch, fresh_check, caplog):
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"fpu", "avx2", "avx512f"})
+    monkeypatch.setattr(P, "_probe", lambda shape: pytest.fail("probed a CPU without bf16 flags"))
+    with caplog.at_level("INFO"):
+        assert P.resolve_precision("auto", CPU) == "fp32"
+    assert "fp32" in caplog.text and "amx_bf16" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "flags, gflops, expected",
+    [
+        ({"amx_bf16", "avx512_bf16"}, (117.0, 465.0), "bf16"),  # the issue's AMX machine: 4x
+        ({"avx512_bf16"}, (100.0, 110.0), "fp32"),  # flags, but not measurably faster
+        (None, (50.0, 150.0), "bf16"),  # no readable flags: the probe decides
+        (None, (50.0, 0.5), "fp32"),
+    ],
+)
+def test_auto_follows_the_timed_probe(monkeypatch, fresh_check, caplog, flags, gflops, expected):
+    calls = []
+    monkeypatch.setattr(P, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(P, "_probe", lambda shape: calls.append(shape) or gflops)
+    with caplog.at_level("INFO"):
+        assert P.resolve_precision("auto", CPU) == expected
+        assert P.resolve_precision("auto", CPU) == expected
+    assert calls == [P.PROBE_SHAPE]  # once per process
+    assert f"fp32 {gflops[0]:.1f}, bf16 {gflops[1]:.1f} GFLOP/s" in caplog.text
+
+
+def test_probe_skips_the_large_product_where_bf16_is_emulated(monkeypatch):
+    timed = []
+
+    def fake(m, k, n, dtype, repeats=3, device="cpu"):
+        timed.append((m, k, n))
+        return 30.0 if dtype == torch.float32 else 0.5
+
+    monkeypatch.setattr(P, "matmul_gflops", fake)
+    assert P._probe((2048, 1024, 2048)) == (30.0, 0.5)
+    assert timed == [(256, 256, 256)] * 2
+
+
+def test_auto_is_fp32_on_this_cpu_when_it_has_no_bf16_unit(fresh_check):
+    flags = P.cpu_flags()
+    if flags is None or any(f in flags for f in P.BF16_FLAGS):
+        pytest.skip("this CPU has bf16 flags (or none readable): the probe decides")
+    assert P.resolve_precision("auto", CPU) == "fp32"
+
+
+def _plain(m, x):
+    linear, act = m.cell_net
+    return torch.nn.functional.leaky_relu(linear(x), act.negative_slope).sum(1, dtype=torch.float32)
+
+
+def test_bf16_training_layer_keeps_float32_sums_and_gradients():
+    """Under CPU bf16 autocast the training path computes in bf16, returns float32 sums and float32 gradients
+    close to the float32 ones, and matches the plain layers under the same autocast."""
+    torch.manual_seed(0)
+    m = DeepSets(model_spec(24, cell_hidden=64, head_hidden=8, out_dim=8))
+    x = torch.randn(3, 200, 24)
+    grads = {}
+    for name in ("fp32", "bf16"):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+            pooled = m.pool_sets(x)
+        assert pooled.dtype == torch.float32
+        pooled.square().sum().backward()
+        grads[name] = (pooled.detach(), *[p.grad.clone() for p in m.cell_net[0].parameters()])
+    for a, b in zip(grads["fp32"], grads["bf16"]):
+        assert b.dtype == torch.float32
+        assert (a - b).norm() / a.norm() < 2e-2
+        assert not torch.equal(a, b)  # it did compute in bf16
+    with torch.no_grad(), BF16:
+        torch.testing.assert_close(grads["bf16"][0], _plain(m, x), rtol=2e-2, atol=1e-1)
+
+
+def test_pooled_sums_accumulate_in_float32():
+    """257 activations of exactly 1: a bf16 sum stops at 256 (8-bit mantissa); every path must give 257."""
+    m = DeepSets(model_spec(4, cell_hidden=8, head_hidden=4, out_dim=4))
+    with torch.no_grad():
+        m.cell_net[0].weight.zero_()
+        m.cell_net[0].bias.fill_(1.0)
+    x = torch.randn(2, 257, 4)
+    with BF16:
+        assert (m.pool_sets(x) == 257).all()  # training path (SetPooledLayer)
+        with torch.no_grad():
+            assert (m.pool_sets(x) == 257).all()  # plain layers
+            assert (m.pool_wells(x.reshape(-1, 4), np.repeat([0, 1], 257), 2, chunk_cells=100) == 257).all()
+
+
+def test_bf16_layer_gradient_matches_autograd_of_its_own_arithmetic():
+    """The hand-written backward in bf16 equals autograd through the same bf16 forward, to bf16 rounding."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 50, 6)
+    w = torch.randn(10, 6, requires_grad=True)
+    b = torch.randn(10, requires_grad=True)
+    out = SetPooledLayer.apply(x, w, b, 0.01, torch.bfloat16)
+    out.sum().backward()
+    w2, b2 = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    h = torch.nn.functional.leaky_relu(x.bfloat16() @ w2.bfloat16().t() + b2.bfloat16(), 0.01)
+    h.float().sum(1).sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad, rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(b.grad, b2.grad, rtol=2e-2, atol=5e-2)
+
+
+def test_precision_is_recorded_in_profiles_and_ap_files(tmp_path, tiny_plates):
+    """Checkpoint -> model profiles -> AP file: each records the arithmetic (Parquet key-value metadata)."""
+    from cytoagg.evaluate.retrieval import evaluate_plate
+    from cytoagg.evaluate.summarize import precision_note
+    from cytoagg.io.parquet import provenance
+    from cytoagg.model.cellstore import pack_cell_store
+    from cytoagg.model.train import train_model
+    from cytoagg.profiles.embed import embed_plate
+    from helpers import annotation, embed_settings, evaluate_settings, train_settings
+
+    paths, features = tiny_plates
+    pack_cell_store(paths["P1"], features, tmp_path / "store", "P1", annotation())
+    settings = train_settings(epochs=1, batch_compounds=8, cells_mean=20, cells_std=0, cells_min=10, cell_hidden=16,
+                              head_hidden=8, out_dim=8, device="cpu", precision="fp32")
+    train_model([tmp_path / "store"], features, tmp_path / "m.pt", tmp_path / "log.csv", settings)
+    embed_plate(paths["P3"], tmp_path / "m.pt", tmp_path / "p.parquet", "P3", embed_settings(device="cpu", precision="bf16"))
+    expected = {"cytoagg.precision": "bf16", "cytoagg.model_precision": "fp32"}
+    assert provenance(tmp_path / "p.parquet") == expected
+    evaluate_plate(tmp_path / "p.parquet", tmp_path / "ap.parquet", evaluate_settings())
+    assert provenance(tmp_path / "ap.parquet") == expected
+    assert precision_note(expected) == "Model profiles computed in bf16, by a model trained in fp32 (`train.precision`).\n\n"
+    assert provenance(paths["P3"]) == {} and precision_note({}) == ""
+
+
+def test_gpu_check_stops_at_once_without_cuda(tmp_path):
+    """benchmarks/gpu_check.sh on a machine (or with CUDA hidden) without a CUDA device: a clear message, exit 3,
+    before it installs anything."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "GPU_CHECK_DIR": str(tmp_path / "work")}
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "no CUDA device" in run.stderr
+    assert not Path(tmp_path / "work").exists()  # nothing installed, nothing written
