@@ -18,6 +18,8 @@ from helpers import REPO, model_spec
 
 CPU = torch.device("cpu")
 BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 @pytest.fixture
@@ -121,15 +123,16 @@ def test_bf16_training_layer_keeps_float32_sums_and_gradients():
         torch.testing.assert_close(grads["bf16"][0], _plain(m, x), rtol=2e-2, atol=1e-1)
 
 
-def test_pooled_sums_accumulate_in_float32():
+@pytest.mark.parametrize("device", DEVICES)
+def test_pooled_sums_accumulate_in_float32(device):
     """257 activations of exactly 1: a bf16 sum stops at 256 (8-bit mantissa); every path must give 257."""
-    m = DeepSets(model_spec(4, cell_hidden=8, head_hidden=4, out_dim=4))
+    m = DeepSets(model_spec(4, cell_hidden=8, head_hidden=4, out_dim=4)).to(device)
     with torch.no_grad():
         m.cell_net[0].weight.zero_()
         m.cell_net[0].bias.fill_(1.0)
-    x = torch.randn(2, 257, 4)
-    with BF16:
-        assert (m.pool_sets(x) == 257).all()  # training path (SetPooledLayer)
+    x = torch.randn(2, 257, 4, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        assert (m.pool_sets(x) == 257).all()  # training path (SetPooledLayer on the CPU, plain layers on CUDA)
         with torch.no_grad():
             assert (m.pool_sets(x) == 257).all()  # plain layers
             assert (m.pool_wells(x.reshape(-1, 4), np.repeat([0, 1], 257), 2, chunk_cells=100) == 257).all()
@@ -174,10 +177,69 @@ def test_precision_is_recorded_in_profiles_and_ap_files(tmp_path, tiny_plates):
     assert provenance(paths["P3"]) == {} and precision_note({}) == ""
 
 
+@CUDA
+def test_cuda_trains_in_bf16_and_profiles_like_the_cpu(tmp_path, tiny_plates):
+    """On CUDA, auto means bf16 (recorded); its profiles of a plate match the CPU's fp32 ones of the same model."""
+    from cytoagg.model.cellstore import pack_cell_store
+    from cytoagg.model.checkpoint import load_checkpoint
+    from cytoagg.model.train import train_model
+    from cytoagg.io.parquet import provenance, read_profiles
+    from cytoagg.profiles.embed import embed_plate
+    from helpers import annotation, embed_settings, train_settings
+
+    paths, features = tiny_plates
+    pack_cell_store(paths["P1"], features, tmp_path / "store", "P1", annotation())
+    settings = train_settings(epochs=3, batch_compounds=8, cells_mean=40, cells_std=10, cells_min=10, cell_hidden=64,
+                              head_hidden=16, out_dim=16, device="cuda", precision="auto")
+    train_model([tmp_path / "store"], features, tmp_path / "m.pt", tmp_path / "log.csv", settings)
+    assert load_checkpoint(tmp_path / "m.pt")["precision"] == "bf16"
+    for device, precision in (("cuda", "auto"), ("cpu", "fp32")):
+        embed_plate(paths["P3"], tmp_path / "m.pt", tmp_path / f"{device}.parquet", "P3",
+                    embed_settings(device=device, precision=precision))
+    assert provenance(tmp_path / "cuda.parquet")["cytoagg.precision"] == "bf16"
+    a, b = read_profiles(tmp_path / "cuda.parquet")[1], read_profiles(tmp_path / "cpu.parquet")[1]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99, cosine.min()
+
+
+@CUDA
+def test_cuda_cells_on_the_gpu_give_the_host_paths_losses():
+    """Batches gathered on the GPU from resident cells equal those gathered on the host into pinned buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from cytoagg.io.cells import PlateCells
+    from cytoagg.model.loss import supcon_loss
+    from cytoagg.model.sampler import SetSampler, SetSizeSchedule
+    from cytoagg.model.train import _run_epoch, resident_cells
+
+    rng = np.random.default_rng(0)
+    wells = np.repeat([f"W{i:02d}" for i in range(24)], 30)
+    compounds = np.repeat([f"C{i}" for i in range(6)], 4 * 30)
+    plates = [PlateCells.from_cells("P1", rng.standard_normal((len(wells), 7)).astype(np.float32), wells, compounds)]
+    samplers = [SetSampler(plates[0], [f"C{i}" for i in range(6)], n_views=4)]
+    cuda = torch.device("cuda")
+    losses = []
+    for resident in (None, resident_cells(plates, cuda)):
+        assert resident is None or resident[0].device.type == "cuda"
+        torch.manual_seed(0)
+        model = DeepSets(model_spec(7, cell_hidden=16, head_hidden=8, out_dim=8)).to(cuda)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        with ThreadPoolExecutor(1) as pool:
+            got, _ = _run_epoch(model, opt, supcon_loss, {}, plates, samplers, SetSizeSchedule(20, 6, 4),
+                                SimpleNamespace(batch_compounds=3), np.random.default_rng(1), cuda, pool, resident,
+                                precision="bf16")
+        losses.append(got)
+    assert len(losses[0]) == 2
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
 def test_gpu_check_stops_at_once_without_cuda(tmp_path):
-    """benchmarks/gpu_check.sh on a machine (or with CUDA hidden) without a CUDA device: a clear message, exit 3,
+    """benchmarks/gpu_check.sh on a machine without a CUDA device (or with CUDA hidden): a clear message, exit 3,
     before it installs anything."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "GPU_CHECK_DIR": str(tmp_path / "work")}
+    env = {**os.environ, "GPU_CHECK_DIR": str(tmp_path / "work")}
+    if torch.cuda.is_available():
+        env["CUDA_VISIBLE_DEVICES"] = ""
     run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 3, run.stdout + run.stderr
