@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from cytoagg.evaluate.retrieval import evaluate_plate
+from cytoagg.evaluate.summarize import precision_note
 from cytoagg.io.files import InputError
+from cytoagg.io.parquet import provenance, read_profiles
 from cytoagg.model import precision as P
+from cytoagg.model.cellstore import pack_cell_store
+from cytoagg.model.checkpoint import load_checkpoint
 from cytoagg.model.network import DeepSets, SetPooledLayer
-from helpers import REPO, model_spec
+from cytoagg.model.train import train_model
+from cytoagg.profiles.embed import embed_plate
+from helpers import REPO, annotation, embed_settings, evaluate_settings, model_spec, train_settings
 
 CPU = torch.device("cpu")
 BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -153,21 +160,19 @@ def test_bf16_layer_gradient_matches_autograd_of_its_own_arithmetic():
     torch.testing.assert_close(b.grad, b2.grad, rtol=2e-2, atol=5e-2)
 
 
-def test_precision_is_recorded_in_profiles_and_ap_files(tmp_path, tiny_plates):
-    """Checkpoint -> model profiles -> AP file: each records the arithmetic (Parquet key-value metadata)."""
-    from cytoagg.evaluate.retrieval import evaluate_plate
-    from cytoagg.evaluate.summarize import precision_note
-    from cytoagg.io.parquet import provenance
-    from cytoagg.model.cellstore import pack_cell_store
-    from cytoagg.model.train import train_model
-    from cytoagg.profiles.embed import embed_plate
-    from helpers import annotation, embed_settings, evaluate_settings, train_settings
-
+def train_small(tmp_path, tiny_plates, **settings) -> Path:
+    """A small model trained on plate P1 (``settings``: device, precision, epochs, ...): its checkpoint."""
     paths, features = tiny_plates
     pack_cell_store(paths["P1"], features, tmp_path / "store", "P1", annotation())
-    settings = train_settings(epochs=1, batch_compounds=8, cells_mean=20, cells_std=0, cells_min=10, cell_hidden=16,
-                              head_hidden=8, out_dim=8, device="cpu", precision="fp32")
-    train_model([tmp_path / "store"], features, tmp_path / "m.pt", tmp_path / "log.csv", settings)
+    values = dict(batch_compounds=8, cells_mean=30, cells_std=10, cells_min=10, cell_hidden=32, head_hidden=8, out_dim=8)
+    train_model([tmp_path / "store"], features, tmp_path / "m.pt", tmp_path / "log.csv", train_settings(**{**values, **settings}))
+    return tmp_path / "m.pt"
+
+
+def test_precision_is_recorded_in_profiles_and_ap_files(tmp_path, tiny_plates):
+    """Checkpoint -> model profiles -> AP file: each records the arithmetic (Parquet key-value metadata)."""
+    paths, _ = tiny_plates
+    train_small(tmp_path, tiny_plates, epochs=1, device="cpu", precision="fp32")
     embed_plate(paths["P3"], tmp_path / "m.pt", tmp_path / "p.parquet", "P3", embed_settings(device="cpu", precision="bf16"))
     expected = {"cytoagg.precision": "bf16", "cytoagg.model_precision": "fp32"}
     assert provenance(tmp_path / "p.parquet") == expected
@@ -180,18 +185,8 @@ def test_precision_is_recorded_in_profiles_and_ap_files(tmp_path, tiny_plates):
 @CUDA
 def test_cuda_trains_in_bf16_and_profiles_like_the_cpu(tmp_path, tiny_plates):
     """On CUDA, auto means bf16 (recorded); its profiles of a plate match the CPU's fp32 ones of the same model."""
-    from cytoagg.model.cellstore import pack_cell_store
-    from cytoagg.model.checkpoint import load_checkpoint
-    from cytoagg.model.train import train_model
-    from cytoagg.io.parquet import provenance, read_profiles
-    from cytoagg.profiles.embed import embed_plate
-    from helpers import annotation, embed_settings, train_settings
-
-    paths, features = tiny_plates
-    pack_cell_store(paths["P1"], features, tmp_path / "store", "P1", annotation())
-    settings = train_settings(epochs=3, batch_compounds=8, cells_mean=40, cells_std=10, cells_min=10, cell_hidden=64,
-                              head_hidden=16, out_dim=16, device="cuda", precision="auto")
-    train_model([tmp_path / "store"], features, tmp_path / "m.pt", tmp_path / "log.csv", settings)
+    paths, _ = tiny_plates
+    train_small(tmp_path, tiny_plates, epochs=3, device="cuda", precision="auto")
     assert load_checkpoint(tmp_path / "m.pt")["precision"] == "bf16"
     for device, precision in (("cuda", "auto"), ("cpu", "fp32")):
         embed_plate(paths["P3"], tmp_path / "m.pt", tmp_path / f"{device}.parquet", "P3",
