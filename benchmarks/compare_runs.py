@@ -75,8 +75,7 @@ def main() -> int:
         print("|---|" + "---|" * len(metrics))
         print("| group mean ± sd | " + " | ".join(f"{mean[m]:.4f} ± {sd[m]:.4f}" for m in metrics) + " |")
         print("| group range | " + " | ".join(f"{group[m].min():.4f} to {group[m].max():.4f}" for m in metrics) + " |")
-        for r in others.itertuples(index=False):
-            d = pd.Series(r._asdict())
+        for _, d in others.iterrows():
             cells = []
             for m in metrics:
                 inside = group[m].min() <= d[m] <= group[m].max()

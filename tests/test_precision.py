@@ -130,6 +130,15 @@ def test_bf16_training_layer_keeps_float32_sums_and_gradients():
         torch.testing.assert_close(grads["bf16"][0], _plain(m, x), rtol=2e-2, atol=1e-1)
 
 
+@pytest.mark.parametrize("head", ["paper", "batchnorm"])
+def test_head_runs_in_float32_under_bf16_autocast(head):
+    m = DeepSets(model_spec(6, cell_hidden=32, head_hidden=8, out_dim=8, head=head)).eval()
+    pooled = 50 + torch.randn(5, 32)  # sums: large, with small differences
+    with BF16:
+        z = m.project(pooled)
+    assert z.dtype == torch.float32 and torch.equal(z, m.project(pooled))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_pooled_sums_accumulate_in_float32(device):
     """257 activations of exactly 1: a bf16 sum stops at 256 (8-bit mantissa); every path must give 257."""

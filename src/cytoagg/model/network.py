@@ -71,7 +71,12 @@ class DeepSets(nn.Module):
         return pooled if self.spec.pooling == "sum" else pooled / n_cells
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        z = self.head(pooled)
+        """The head, in float32 also under bf16 autocast: it is a sliver of the FLOPs, and the pooled sums it
+        reads (large, with small differences between wells) would lose their last digits in bf16."""
+        if pooled.dtype in (torch.bfloat16, torch.float16):
+            pooled = pooled.float()
+        with torch.autocast(pooled.device.type, enabled=False):
+            z = self.head(pooled)
         return F.normalize(z, dim=-1) if self.spec.head == "batchnorm" else z
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
