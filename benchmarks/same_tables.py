@@ -5,6 +5,7 @@ byte for byte. For refactors that must not change a number.
     python benchmarks/same_tables.py --base HEAD~3                      # the default demo (config.yaml)
     python benchmarks/same_tables.py --base HEAD~3 --configfile tests/tiny_config.yaml
     python benchmarks/same_tables.py --base HEAD~3 --rename map_vs_cells=sampling_sweep
+    python benchmarks/same_tables.py --base main --ignore-line '^Model profiles computed in '   # a line added
 
 Not a timed test: each run is the whole workflow (minutes). Exit status 0 when every table is identical.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,22 @@ def run(workdir: Path, configfile: str | None, cores: int) -> Path:
     return workdir / "results" / "tables"
 
 
+def same_text(old: Path, new: Path, ignore: list[str]) -> bool:
+    """Equal once the lines matching any of the ``ignore`` regexes (and the blank line after each) are dropped."""
+    def kept(path: Path) -> list[str]:
+        lines, skip_blank = [], False
+        for line in path.read_text().splitlines():
+            if any(re.search(p, line) for p in ignore):
+                skip_blank = True
+                continue
+            if not (skip_blank and not line.strip()):
+                lines.append(line)
+            skip_blank = False
+        return lines
+
+    return kept(old) == kept(new)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the revision to compare against")
@@ -47,6 +65,8 @@ def main() -> int:
     ap.add_argument("--configfile", default=None, help="a config layered on config.yaml, relative to the repo")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--rename", action="append", default=[], help="OLD=NEW: a table renamed between the revisions")
+    ap.add_argument("--ignore-line", action="append", default=[],
+                    help="REGEX: a text line (with a blank line after it) one revision adds; reported, not counted")
     args = ap.parse_args()
     renames = dict(r.split("=", 1) for r in args.rename)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +80,11 @@ def main() -> int:
                 name = name.replace(a, b)
             new = tables["head"] / name
             same = new.exists() and filecmp.cmp(old, new, shallow=False)
-            print(f"{'same' if same else 'DIFFERENT':9} {old.name}" + (f" -> {name}" if name != old.name else ""))
+            note = ""
+            if not same and new.exists() and args.ignore_line and old.suffix in (".md", ".txt"):
+                same = same_text(old, new, args.ignore_line)
+                note = " (but for the ignored lines)" if same else ""
+            print(f"{'same' if same else 'DIFFERENT':9} {old.name}" + (f" -> {name}" if name != old.name else "") + note)
             if not same:
                 different.append(old.name)
         if args.base != "WORKTREE" or args.head != "WORKTREE":

@@ -1,6 +1,7 @@
 """Training step speed at the paper's settings, against the matmul ceiling on the same threads.
 
     python benchmarks/train.py [--features 1000] [--steps 5] [--threads 2] [--device auto] [--demo results]
+    python benchmarks/train.py --precision fp32 bf16 [--cells 100 --features 48 --hidden 512 --out-dim 256]
 
 One step = 72 sets (18 compounds x 4 views) of ``--cells`` cells (the paper: ~1500), per-cell
 Linear(D -> 2048), sum pooling, head, SupCon loss, AdamW. Prints seconds per step split into
@@ -11,6 +12,11 @@ per-cell layer; the input needs no gradient), beside a plain torch matmul of the
 after the steps (the fastest run counts, so a slow moment of the machine cannot flatter the ratio).
 ``--demo``: also the epoch times of a finished default demo run (its ``model/training_log.csv`` and
 the ``train`` rule's benchmark file).
+
+``--precision fp32 bf16``: each precision in turn (``train.precision``: bf16 autocast, float32 sums and
+gradients), each against its own ceiling, the same two matmuls in that dtype; then one line per precision.
+The paper-style reference loop runs in fp32 only. ``--hidden``/``--head-hidden``/``--out-dim``/``--cells``/
+``--features`` give other shapes (the default demo's: 100 cells, D = 48, 512, 256, 256).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 import platform
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,12 +35,38 @@ import torch
 from cytoagg.io.cells import PlateCells
 from cytoagg.model.loss import supcon_loss
 from cytoagg.model.network import DeepSets, ModelSpec, pick_device
+from cytoagg.model.precision import BF16_FLAGS, autocast, cpu_flags
 from cytoagg.model.sampler import BatchGatherer, SetSampler, cells_tensor
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def machine(device) -> str:
+    """The processor (and GPU) the numbers come from: CPU model, its bf16 flags, the GPU's name."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    bf16 = "unknown" if flags is None else ", ".join(f for f in BF16_FLAGS if f in flags) or "none"
+    text = f"CPU {name} (bf16 flags: {bf16})"
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def rate(flop: float, seconds: float, device) -> str:
+    """FLOP/s in the unit of the device: GFLOP/s on a CPU, TFLOP/s on a GPU."""
+    return f"{flop / seconds / 1e12:.1f} TFLOP/s" if device.type == "cuda" else f"{flop / seconds / 1e9:.1f} GFLOP/s"
 
 
 def synthetic_plate(n_features: int, cells_per_well: int, seed: int = 0) -> PlateCells:
@@ -57,11 +90,11 @@ class _Limited:
         return self.sampler.sample(*a)
 
 
-def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3) -> float:
-    """Seconds of the per-cell layer's two matmuls (forward, weight gradient) at the step's shape."""
-    x = torch.randn(n_cells, d, device=device)
-    w = torch.randn(d, h, device=device)
-    g = torch.randn(n_cells, h, device=device)
+def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3, dtype=torch.float32) -> float:
+    """Seconds of the per-cell layer's two matmuls (forward, weight gradient) at the step's shape, in ``dtype``."""
+    x = torch.randn(n_cells, d, device=device).to(dtype)
+    w = torch.randn(d, h, device=device).to(dtype)
+    g = torch.randn(n_cells, h, device=device).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):
         sync(device)
@@ -73,9 +106,8 @@ def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3) -> float:
     return best
 
 
-def time_phases(model, opt, next_batch, forward, batches, steps, device) -> dict[str, list[float]]:
+def time_phases(model, opt, next_batch, forward, batches, steps, device, precision="fp32") -> dict[str, list[float]]:
     """Seconds of each phase of ``steps`` training steps, timed one by one (a first, warm-up step is not counted)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     times = {"sampling": [], "forward": [], "backward": [], "optimizer": []}
     for step in range(steps + 1):
         sync(device)
@@ -84,8 +116,9 @@ def time_phases(model, opt, next_batch, forward, batches, steps, device) -> dict
         x, lab = x.to(device), torch.from_numpy(labels).to(device)
         sync(device)
         t1 = time.perf_counter()
-        with autocast:
-            loss = supcon_loss(forward(x), lab)
+        with autocast(device, precision):
+            emb = forward(x)
+        loss = supcon_loss(emb.float(), lab)
         sync(device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -145,6 +178,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", type=int, default=1000)
     ap.add_argument("--cells", type=int, default=1500, help="cells per set")
+    ap.add_argument("--hidden", type=int, default=2048, help="cell_hidden (the paper: 2048; the demo: 512)")
+    ap.add_argument("--head-hidden", type=int, default=256)
+    ap.add_argument("--out-dim", type=int, default=2048, help="the paper: 2048; the demo: 256")
+    ap.add_argument("--precision", nargs="+", choices=sorted(DTYPES), default=["fp32"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
@@ -155,15 +192,39 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     device = pick_device(args.device)
     plate = synthetic_plate(args.features, args.cells_per_well)
+    n_cells = 72 * args.cells
+    print(f"# cytoagg training step, {platform.node()} ({torch.get_num_threads()} threads, {device}), torch {torch.__version__}")
+    print(f"# {machine(device)}")
+    print(f"# 72 sets x {args.cells} cells = {n_cells} cells, D = {args.features}, hidden {args.hidden}, head "
+          f"{args.head_hidden} -> {args.out_dim}; median of {args.steps} steps")
+    results = {}
+    for precision in args.precision:
+        print(f"\n## {precision}\n")
+        results[precision] = bench(args, precision, plate, device)
+    print()
+    print(f"# each precision against its own ceiling (the same two matmuls in its dtype), {args.threads} threads, {device}")
+    print("| precision | seconds per step (training loop) | cells/s | achieved | ceiling | loop / ceiling | sampling share | speed vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for precision, r in results.items():
+        vs = f"{results['fp32']['loop_step'] / r['loop_step']:.2f}x" if "fp32" in results else ""
+        print(f"| {precision} | {r['loop_step']:.3f} | {n_cells / r['loop_step']:,.0f} | {rate(r['flop'], r['loop_step'], device)} | "
+              f"{rate(r['flop'], r['ceiling'], device)} | {r['ceiling'] / r['loop_step']:.0%} | {r['sampling_share']:.1%} | {vs} |")
+    if args.demo:
+        demo_epochs(Path(args.demo))
+
+
+def bench(args, precision: str, plate, device) -> dict:
+    """One precision: the phases timed one by one, the training loop itself, the ceiling; prints its tables."""
+    torch.manual_seed(0)
     sampler = SetSampler(plate, sorted(set(plate.perturbations)), n_views=4)
-    model = DeepSets(ModelSpec(n_features=args.features, cell_hidden=2048, head_hidden=256, out_dim=2048,
-                               pooling="sum", head="paper")).to(device)  # the paper's network
+    model = DeepSets(ModelSpec(n_features=args.features, cell_hidden=args.hidden, head_hidden=args.head_hidden,
+                               out_dim=args.out_dim, pooling="sum", head="paper")).to(device)  # the paper's network
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     rng = np.random.default_rng(0)
     batches = sampler.batches(18, rng)
+    dtype = DTYPES[precision]
 
     gatherer = BatchGatherer(pin=device.type == "cuda")
 
@@ -174,10 +235,10 @@ def main() -> None:
         _, buffer = gatherer.next_buffer(idx.size * args.features)
         return BatchGatherer.gather(cells, idx, buffer), labels
 
-    ceil_before = ceiling(72 * args.cells, args.features, model.spec.cell_hidden, device)
-    times = time_phases(model, opt, cytoagg_batch, model, batches, args.steps, device)
+    ceil_before = ceiling(72 * args.cells, args.features, model.spec.cell_hidden, device, dtype=dtype)
+    times = time_phases(model, opt, cytoagg_batch, model, batches, args.steps, device, precision)
     reference = None
-    if args.reference_steps:
+    if args.reference_steps and precision == "fp32":
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             paper_batch = paper_style_loader(plate, sampler, batches[: args.reference_steps + 1], args.cells, Path(tmp), rng)
             reference = time_phases(model, opt, paper_batch, PlainLayers(model), batches, args.reference_steps, device)
@@ -185,7 +246,6 @@ def main() -> None:
     # The training loop itself (cytoagg.model.train._run_epoch): the next batch is gathered in a worker thread
     # while the current step computes, so only the wait for it is exposed.
     from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
 
     from cytoagg.model.sampler import SetSizeSchedule
     from cytoagg.model.train import _run_epoch, resident_cells
@@ -198,19 +258,19 @@ def main() -> None:
         t = time.perf_counter()
         resident = resident_cells(one_plate, device)  # on CUDA: cells held on the GPU, gathered there
         losses, waited = _run_epoch(
-            model, opt, supcon_loss, {}, one_plate, [_Limited(sampler, args.steps)], fixed, loop, rng, device, pool, resident
+            model, opt, supcon_loss, {}, one_plate, [_Limited(sampler, args.steps)], fixed, loop, rng, device, pool, resident,
+            precision=precision,
         )
         sync(device)
         loop_step = (time.perf_counter() - t) / len(losses)
         loop_wait = waited / len(losses)
+    del resident
 
     n_cells = 72 * args.cells
     flop = 4 * n_cells * args.features * model.spec.cell_hidden
     step = sum(np.median(v) for v in times.values())
     compute = step - np.median(times["sampling"])
-    ceil = min(ceil_before, ceiling(n_cells, args.features, model.spec.cell_hidden, device))
-    print(f"# cytoagg training step, {platform.node()} ({torch.get_num_threads()} threads, {device}), torch {torch.__version__}")
-    print(f"# 72 sets x {args.cells} cells = {n_cells} cells, D = {args.features}, hidden 2048; median of {args.steps} steps")
+    ceil = min(ceil_before, ceiling(n_cells, args.features, model.spec.cell_hidden, device, dtype=dtype))
     print("| part | seconds per step | share |")
     print("|---|---|---|")
     for k, v in times.items():
@@ -222,10 +282,10 @@ def main() -> None:
     print("| measure | value |")
     print("|---|---|")
     print(f"| cells/s (training loop) | {n_cells / loop_step:,.0f} |")
-    print(f"| achieved GFLOP/s (training loop) | {flop / loop_step / 1e9:.1f} |")
-    print(f"| achieved GFLOP/s (phases timed one by one) | {flop / step / 1e9:.1f} |")
-    print(f"| achieved GFLOP/s (forward+backward+optimizer) | {flop / compute / 1e9:.1f} |")
-    print(f"| ceiling: the two matmuls alone, GFLOP/s | {flop / ceil / 1e9:.1f} |")
+    print(f"| achieved (training loop) | {rate(flop, loop_step, device)} |")
+    print(f"| achieved (phases timed one by one) | {rate(flop, step, device)} |")
+    print(f"| achieved (forward+backward+optimizer) | {rate(flop, compute, device)} |")
+    print(f"| ceiling: the two matmuls alone in {precision} | {rate(flop, ceil, device)} |")
     print(f"| training loop / ceiling | {ceil / loop_step:.0%} |")
     if reference:
         ref_step = sum(np.median(v) for v in reference.values())
@@ -237,9 +297,8 @@ def main() -> None:
             r, c = np.median(reference[k]), np.median(times[k])
             print(f"| {k} | {r:.3f} ({r / ref_step:.1%}) | {c:.3f} | {r / c:.1f}x |")
         print(f"| **step** | **{ref_step:.3f}** | **{loop_step:.3f}** (training loop) | **{ref_step / loop_step:.2f}x** |")
-        print(f"| achieved GFLOP/s, share of the ceiling | {flop / ref_step / 1e9:.1f}, {ceil / ref_step:.0%} | {flop / loop_step / 1e9:.1f}, {ceil / loop_step:.0%} | |")
-    if args.demo:
-        demo_epochs(Path(args.demo))
+        print(f"| achieved, share of the ceiling | {rate(flop, ref_step, device)}, {ceil / ref_step:.0%} | {rate(flop, loop_step, device)}, {ceil / loop_step:.0%} | |")
+    return {"loop_step": loop_step, "flop": flop, "ceiling": ceil, "sampling_share": np.median(times["sampling"]) / step}
 
 
 def demo_epochs(results: Path) -> None:

@@ -96,7 +96,8 @@ def train_settings(**overrides) -> TrainSettings:
 
 def embed_settings(**overrides) -> EmbedSettings:
     d = defaults("train")
-    values = dict(annotation=annotation(), embedding=d["embedding"], device=d["device"], normalization=normalization())
+    values = dict(annotation=annotation(), embedding=d["embedding"], device=d["device"], precision=d["precision"],
+                  normalization=normalization())
     return EmbedSettings(**{**values, **overrides})
 
 
@@ -117,12 +118,14 @@ def pr_curve_settings(**overrides) -> PrCurveSettings:
 def sampling_sweep_settings(**overrides) -> SamplingSweepSettings:
     d = defaults("evaluate")
     values = dict(annotation=annotation(), sizes=d["sampling_sweep"], seeds=d["sampling_seeds"],
-                  negcon_as_negatives=d["negcon_as_negatives"], embedding=defaults("train")["embedding"], device="cpu")
+                  negcon_as_negatives=d["negcon_as_negatives"], embedding=defaults("train")["embedding"], device="cpu",
+                  precision=defaults("train")["precision"])
     return SamplingSweepSettings(**{**values, **overrides})
 
 
 def effective_rank_settings(**overrides) -> EffectiveRankSettings:
-    return EffectiveRankSettings(**{"annotation": annotation(), "device": "cpu", **overrides})
+    values = {"annotation": annotation(), "device": "cpu", "precision": defaults("train")["precision"]}
+    return EffectiveRankSettings(**{**values, **overrides})
 
 
 def splits(plate_split: dict, **overrides) -> Splits:

@@ -223,7 +223,7 @@ def test_training_selection_ranks_against_every_non_control_well():
     labels = np.array(["v1", "v1", "v2", "v2", "t1", "t1", "t2", "t2", NEGCON, NEGCON])
     x = rng.normal(size=(len(labels), 5)).astype(np.float32)
     plate = PlateCells("P1", x, np.arange(len(labels) + 1), np.array([f"W{i}" for i in range(len(labels))]), labels)
-    maps = _split_maps(Fixed(), [plate], {"validation": {"v1", "v2"}, "train": {"t1", "t2"}}, torch.device("cpu"))
+    maps = _split_maps(Fixed(), [plate], {"validation": {"v1", "v2"}, "train": {"t1", "t2"}}, torch.device("cpu"), "fp32")
     treated = labels != NEGCON
     ap = average_precision(x[treated], labels[treated], query_mask=np.isin(labels[treated], ["v1", "v2"]))
     expected = ap.assign(c=labels[treated][ap.index]).groupby("c")["average_precision"].mean().mean()

@@ -57,10 +57,10 @@ def _fit_and_score(tmp_path, spec: ToySpec, epochs: int = 60):
         split=compound_split(validation=[], seed=0),
     )
     train_model([tmp_path / "store"], FEATURES, tmp_path / "m.pt", tmp_path / "l.csv", settings, threads=1)
-    model = load_model(tmp_path / "m.pt", "cpu").network
+    trained = load_model(tmp_path / "m.pt", "cpu", precision=settings.precision)
     val = df[df.Metadata_class.isin(validation_classes(spec))]
     cells = PlateCells.from_cells("toy", val[FEATURES].to_numpy(np.float32), val.Metadata_Well.to_numpy(), val.Metadata_class.to_numpy())
-    learned = embed_cells(model, cells, torch.device("cpu"))
+    learned = embed_cells(trained.network, cells, torch.device("cpu"), trained.precision)
     mean = np.add.reduceat(cells.x, cells.offsets[:-1], axis=0) / cells.counts[:, None]
     score = lambda p: average_precision(p, cells.perturbations)["average_precision"].mean()  # noqa: E731
     return score(learned), score(mean)

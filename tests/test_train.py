@@ -53,13 +53,23 @@ def test_checkpoint_contents_and_log(tmp_path, tiny_plates):
     assert not (out.parent / "resume_state.pt").exists()  # removed once training finished
 
 
-def test_same_seed_same_checkpoint(tmp_path, tiny_plates):
-    a, la, _ = train(tmp_path, tiny_plates, name="a")
-    b, lb, _ = train(tmp_path, tiny_plates, name="b")
-    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    pd.testing.assert_frame_equal(pd.read_csv(la).drop(columns=["seconds", "sampling_wait_s"]), pd.read_csv(lb).drop(columns=["seconds", "sampling_wait_s"]))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_checkpoint(tmp_path, tiny_plates, precision):
+    """Same seed + same precision + same machine: the same checkpoint (bf16 forced on any CPU)."""
+    settings = replace(SMALL, device="cpu", precision=precision)
+    a, la, _ = train(tmp_path, tiny_plates, settings, name="a")
+    b, lb, _ = train(tmp_path, tiny_plates, settings, name="b")
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca["precision"] == cb["precision"] == precision
+    assert ca["train_settings"]["precision"] == precision
+    for k in ca["state_dict"]:
+        assert torch.equal(ca["state_dict"][k], cb["state_dict"][k]), k
+    log_a, log_b = (pd.read_csv(f).drop(columns=["seconds", "sampling_wait_s"]) for f in (la, lb))
+    pd.testing.assert_frame_equal(log_a, log_b)
+    assert set(log_a["precision"]) == {precision}
+    if precision == "bf16":  # and the other arithmetic gives another model
+        other = train(tmp_path, tiny_plates, replace(settings, precision="fp32"), name="fp32")[0]
+        assert not torch.equal(load_checkpoint(other)["state_dict"]["cell_net.0.weight"], ca["state_dict"]["cell_net.0.weight"])
 
 
 def test_resume_after_kill_gives_same_checkpoint(tmp_path, tiny_plates, monkeypatch):
@@ -237,7 +247,8 @@ def test_device_resident_cells_give_the_same_epoch(tmp_path):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         with ThreadPoolExecutor(1) as pool:
             got, _ = _run_epoch(model, opt, supcon_loss, {}, plates, samplers, SetSizeSchedule(20, 6, 4),
-                                SimpleNamespace(batch_compounds=3), np.random.default_rng(1), torch.device("cpu"), pool, resident)
+                                SimpleNamespace(batch_compounds=3), np.random.default_rng(1), torch.device("cpu"), pool, resident,
+                                precision="fp32")
         losses.append(got)
     assert len(losses[0]) == 4 and losses[0] == losses[1]
 

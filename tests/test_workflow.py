@@ -42,6 +42,7 @@ def test_outputs_of_every_step(finished):
     assert (r / "features.txt").read_text().strip()
     hist = pd.read_csv(r / "model/training_log.csv")
     assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
+    assert hist.precision.nunique() == 1 and hist.precision[0] in ("fp32", "bf16")  # train.precision: auto
     for png in ("map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank"):
         assert (r / "plots" / f"{png}.png").stat().st_size > 1000
     # no temporary files left behind by atomic writes
@@ -73,6 +74,9 @@ def test_map_tables(finished):
         assert col in long.columns
     assert long.loc[long.method != "mean", "wilcoxon_p_vs_mean"].between(0, 1).all()
     assert "Retrieved model | Retrieved BM | Training p (model vs BM) | Validation p (model vs BM) |" in md
+    precision = pd.read_csv(finished / "results/model/training_log.csv").precision[0]  # auto, as this machine has it
+    assert f"Model profiles computed in {precision}, by a model trained in {precision} (`train.precision`)." in md
+    assert f"Model profiles computed in {precision}" in (finished / "results/tables/sampling_sweep.md").read_text()
 
     compounds = pd.read_csv(finished / "results/tables/ap_per_compound.csv")
     assert list(compounds.columns[:7]) == ["compound", "plate", "method", "profile_pipeline", "mAP", "p_value", "corrected_p_value"]

@@ -120,9 +120,11 @@ NORMALIZATION = {k: v for k, v in config["normalize"].items() if k != "memory_mb
 # What training depends on, of the train: section (threads, a given checkpoint and the embedding do not).
 TRAIN_SETTINGS = {k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")}
 PIPELINE_SETTINGS = settings(annotation=ANNOTATION, pipelines=PIPELINES, sphering=EVAL["sphering"])
+# The arithmetic of every step that runs the model on cells (train takes it with TRAIN_SETTINGS).
+PRECISION = config["train"]["precision"]
 EMBED_SETTINGS = settings(
     annotation=ANNOTATION, embedding=config["train"]["embedding"], device=config["train"]["device"],
-    normalization=NORMALIZATION,
+    precision=PRECISION, normalization=NORMALIZATION,
 )
 
 

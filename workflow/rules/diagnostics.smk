@@ -13,7 +13,7 @@ rule effective_rank:
         ),
         spectra=f"{R}/tables/effective_rank_spectra.csv",
     params:
-        settings=settings(annotation=ANNOTATION, device=TORCH_SIDE_DEVICE),
+        settings=settings(annotation=ANNOTATION, device=TORCH_SIDE_DEVICE, precision=PRECISION),
     log:
         f"{R}/logs/effective_rank.log",
     benchmark:

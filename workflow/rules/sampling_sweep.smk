@@ -17,6 +17,7 @@ rule sampling_sweep:
             negcon_as_negatives=EVAL["negcon_as_negatives"],
             embedding=config["train"]["embedding"],
             device=TORCH_SIDE_DEVICE,
+            precision=PRECISION,
         ),
     log:
         f"{R}/logs/sampling_sweep/{{plate}}.log",

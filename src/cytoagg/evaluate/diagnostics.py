@@ -47,10 +47,11 @@ def effective_rank(profiles: np.ndarray, *, unit_rows: bool = True, center: bool
 
 @dataclass(frozen=True)
 class EffectiveRankSettings(Settings):
-    """The device the model runs on, and the metadata columns."""
+    """The device the model runs on, its arithmetic (``train.precision``), and the metadata columns."""
 
     annotation: Annotation
     device: str
+    precision: str  # auto | fp32 | bf16
 
 
 def effective_rank_tables(normalized: list, checkpoint, out_summary, out_spectra, settings: EffectiveRankSettings,
@@ -69,8 +70,9 @@ def effective_rank_tables(normalized: list, checkpoint, out_summary, out_spectra
 
     if not normalized:
         raise InputError("effective rank: no plate to profile")
-    trained = load_model(checkpoint, settings.device, threads)
+    trained = load_model(checkpoint, settings.device, threads, settings.precision)
     model, dev, features = trained.network, trained.device, trained.features
+    logger.info("model profiles in %s on %s", trained.precision, dev)
     mean_features = list(mean_features or features)
     profiles = {r: [] for r in REPRESENTATIONS}
     names = []
@@ -78,7 +80,7 @@ def effective_rank_tables(normalized: list, checkpoint, out_summary, out_spectra
         plate = plate_name(path, settings.annotation)
         names.append(plate)
         cells, _, _ = load_plate_cells(path, features, plate, settings.annotation)
-        pooled, head = pooled_and_head(model, cells, dev)
+        pooled, head = pooled_and_head(model, cells, dev, trained.precision)
         profiles["pooled"].append(pooled)
         profiles["head"].append(head)
         if mean_features != features:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..io.columns import Annotation
 from ..io.files import InputError, write_table
-from ..io.parquet import read_profiles
+from ..io.parquet import merged_provenance, read_profiles
 from ..settings import Settings
 from ..splits import CompoundSplit
 from .average_precision import AP_COLUMNS, average_precision, baseline_corrected_ap
@@ -144,9 +144,11 @@ def evaluate_profiles(profiles: dict[str, list], out, settings: EvaluateSettings
     from ..profiles.pipelines import KEY_SEPARATOR, pipeline_profiles, split_key
 
     profiles = {**profiles, **pipeline_profiles(list(pipeline_folders or []))}
-    parts = []
+    parts, model_files = [], []
     for key, files in profiles.items():
         method, pipeline = split_key(key) if KEY_SEPARATOR in key else (key, "raw")
+        if method == "model" and pipeline == "raw":
+            model_files += [files] if isinstance(files, (str, os.PathLike)) else list(files)
         _logger(log)(f"evaluating {method} through {pipeline}")
         ap = evaluate_plate(files, None, settings, query_plates=query_plates, log=log)
         ap.insert(0, "profile_pipeline", pipeline)
@@ -156,7 +158,7 @@ def evaluate_profiles(profiles: dict[str, list], out, settings: EvaluateSettings
         raise InputError("evaluate: no profiles given")
     result = pd.concat(parts, ignore_index=True)
     if out is not None:
-        write_table(result, out)
+        write_table(result, out, metadata=merged_provenance(model_files))  # the model profiles' arithmetic
     return result
 
 
@@ -180,7 +182,8 @@ def evaluate_plate(profiles_path, out: str | os.PathLike | None, settings: Evalu
     (CytoSummaryNet's corrected AP, not the plain AP), and ``moa_baseline_corrected_ap``.
 
     Columns: ``plate``, ``well``, ``perturbation``, ``average_precision``, ``precision_at_r``,
-    ``n_positives``, ``n_candidates``, the optional ones above, then the well's other ``Metadata_*``.
+    ``n_positives``, ``n_candidates``, the optional ones above, then the well's other ``Metadata_*``. The
+    profiles' ``cytoagg.*`` key-value metadata (e.g. the model's arithmetic) is carried into the AP file.
     """
     say = _logger(log)
     annotation, reference, negcon_as_negatives = settings.annotation, settings.reference, settings.negcon_as_negatives
@@ -264,7 +267,8 @@ def evaluate_plate(profiles_path, out: str | os.PathLike | None, settings: Evalu
     extra = [c for c in scores.columns if c not in AP_COLUMNS]
     result = result.rename(columns={v: k for k, v in ids.items()})[[*ids, *AP_COLUMNS, *extra, *others]]
     if out is not None:
-        write_table(result, out)
+        paths = [profiles_path] if isinstance(profiles_path, (str, os.PathLike)) else list(profiles_path)
+        write_table(result, out, metadata=merged_provenance(paths))  # e.g. the model profiles' arithmetic
     return result
 
 

@@ -21,7 +21,8 @@ from ..io.files import InputError, write_table, write_text
 from ..io.parquet import read_parquet
 from ..settings import Settings
 from .retrieval import _retrieval
-from .summarize import Splits, add_splits, to_markdown
+from ..io.parquet import merged_provenance
+from .summarize import Splits, add_splits, precision_note, to_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _score(profiles: np.ndarray, wells: pd.DataFrame, annotation: Annotation, ne
 @dataclass(frozen=True)
 class SamplingSweepSettings(Settings):
     """Config ``evaluate.sampling_sweep`` (sizes), ``sampling_seeds`` (seeds) and ``negcon_as_negatives``,
-    ``train.embedding``, the device, and the metadata columns."""
+    ``train.embedding``, the device, ``train.precision``, and the metadata columns."""
 
     annotation: Annotation
     sizes: list[int]
@@ -69,6 +70,7 @@ class SamplingSweepSettings(Settings):
     negcon_as_negatives: bool
     embedding: str
     device: str
+    precision: str  # auto | fp32 | bf16
 
 
 def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: SamplingSweepSettings,
@@ -77,7 +79,8 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
 
     Columns: plate, well, perturbation, method (``model`` / ``mean``), cells_sampled (the size as
     text, or ``all``), seed (-1 for all cells), n_cells_used, then the AP columns of the evaluate
-    step. ``mean_features``: the mean baseline's features (default: the model's).
+    step. ``mean_features``: the mean baseline's features (default: the model's). The file's key-value
+    metadata records the model's arithmetic (as the embed step's profiles do).
     """
     from ..model.checkpoint import load_model
     from ..model.inference import embed_cells
@@ -89,7 +92,7 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
     sizes = sorted({int(s) for s in settings.sizes})
     if not sizes:
         raise InputError("evaluate.sampling_sweep is empty: nothing to sweep")
-    trained = load_model(checkpoint, settings.device, threads)
+    trained = load_model(checkpoint, settings.device, threads, settings.precision)
     model, dev = trained.network, trained.device
     feats = {"model": trained.features, "mean": list(mean_features or trained.features)}
     loaded = {}
@@ -100,7 +103,7 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
 
     def profile(method: str, cells: PlateCells) -> np.ndarray:
         if method == "model":
-            return embed_cells(model, cells, dev, use_head=embedding == "head")
+            return embed_cells(model, cells, dev, trained.precision, use_head=embedding == "head")
         from ..profiles.aggregate import aggregate_cells
 
         return aggregate_cells(cells, feats["mean"], "mean").to_numpy()
@@ -133,7 +136,7 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
             )
         logger.info("%s: %s swept over %s cells x %d seeds", plate, method, sizes, seeds)
     result = pd.concat(parts, ignore_index=True)
-    write_table(result, out)
+    write_table(result, out, metadata=trained.provenance())
     return result
 
 
@@ -199,6 +202,7 @@ def summarize_sampling_sweep(files, out_csv, out_md, splits: Splits) -> pd.DataF
         "# mAP vs cells sampled per well\n\n"
         "Each well profiled from a random sample of its cells (without replacement; a well with fewer cells keeps "
         "all of them), mean over the plates of a split, then mean and sd over seeds; `all`: every cell.\n\n"
+        + precision_note(merged_provenance(files))
         + to_markdown(compact),
         out_md,
     )

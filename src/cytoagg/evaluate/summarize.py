@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.files import InputError, write_table, write_text
-from ..io.parquet import read_parquet
+from ..io.parquet import MODEL_PRECISION_KEY, PRECISION_KEY, merged_provenance, read_parquet
 from ..settings import Settings
 from ..splits import CompoundSplit
 from .significance import mean_average_precision, paired_test
@@ -362,6 +362,19 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, formats: dict | None = None) 
     return "\n".join(lines) + "\n"
 
 
+def precision_note(provenance: dict[str, str]) -> str:
+    """The line a summary gives on the arithmetic of the model profiles (from their files' key-value metadata);
+    empty when they do not record it."""
+    if PRECISION_KEY not in provenance:
+        return ""
+    trained = provenance.get(MODEL_PRECISION_KEY)
+    return (
+        f"Model profiles computed in {provenance[PRECISION_KEY]}"
+        + (f", by a model trained in {trained}" if trained else "")
+        + " (`train.precision`).\n\n"
+    )
+
+
 def design_notes(long: pd.DataFrame) -> list[str]:
     """What the design cannot measure, said before any number: no held-out compounds, plates or a single plate."""
     notes = []
@@ -391,8 +404,10 @@ def headline_keys(long: pd.DataFrame) -> tuple[Key, Key, tuple[str, str] | None]
     return best(means, lambda m: m == MODEL) or (MODEL, RAW), best(means, is_nonlearned) or (BASELINE, RAW), cell
 
 
-def markdown_report(long: pd.DataFrame, ap: pd.DataFrame, splits: Splits, threshold: float = 0.05) -> str:
-    """``map_per_plate.md``: the headline table, and the baseline-corrected one when the APs have it."""
+def markdown_report(long: pd.DataFrame, ap: pd.DataFrame, splits: Splits, threshold: float = 0.05,
+                    provenance: dict[str, str] | None = None) -> str:
+    """``map_per_plate.md``: the headline table, and the baseline-corrected one when the APs have it.
+    ``provenance``: the AP files' key-value metadata (the line on the model's arithmetic)."""
     model, bm, cell = headline_keys(long)
     per_plate = paired_tests(ap, model, bm, splits, by="plate")
     pooled = paired_tests(ap, model, bm, splits, by="plate_split")
@@ -409,6 +424,7 @@ def markdown_report(long: pd.DataFrame, ap: pd.DataFrame, splits: Splits, thresh
         "p (model vs BM): two-sided Wilcoxon signed-rank test of the model's AP against BM's over the same "
         "query wells (mean rows: over all query wells of those plates).\n\n"
         + "".join(f"**Note:** {note}\n\n" for note in design_notes(long))
+        + precision_note(provenance or {})
         + to_markdown(headline_table(long, model, bm, per_plate, pooled), formats=p_fmt)
     )
     if "baseline_corrected_mAP" in long.columns:
@@ -480,5 +496,6 @@ def summarize_plates(ap_files: list, out_csv, out_md, out_compounds, out_verdict
     write_table(per_compound, out_compounds)
     write_table(verdict, out_verdict_csv)
     write_text(verdict_markdown(verdict, long), out_verdict_md)
-    write_text(markdown_report(long, ap, settings.splits, settings.significance_threshold), out_md)
+    write_text(markdown_report(long, ap, settings.splits, settings.significance_threshold, merged_provenance(ap_files)),
+               out_md)
     return long

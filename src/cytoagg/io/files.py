@@ -101,12 +101,19 @@ def exclusive_lock(path: str | os.PathLike, log: logging.Logger | None = None) -
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a small table atomically; format from the suffix (.parquet, .csv, .md)."""
+def write_table(df: pd.DataFrame, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write a small table atomically; format from the suffix (.parquet, .csv, .md). ``metadata``: key-value
+    pairs for a Parquet file's footer (ignored for CSV)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False, write_page_checksum=True)  # as cytoagg.io.parquet.CHECKSUMS
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if metadata:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+            pq.write_table(table, tmp, write_page_checksum=True)  # as cytoagg.io.parquet.CHECKSUMS
         elif path.suffix == ".csv":
             df.to_csv(tmp, index=False)
         else:

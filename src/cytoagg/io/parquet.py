@@ -72,10 +72,35 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_profiles(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a per-cell or per-well table (``Metadata_*`` strings + float32 features) atomically."""
+# Key-value metadata (provenance) cytoagg writes into the Parquet files of model outputs: the model profiles, and
+# the AP and sampling-sweep files made from them; the summaries say it beside their tables.
+PRECISION_KEY = "cytoagg.precision"  # the arithmetic the model profiles were computed in: fp32 | bf16
+MODEL_PRECISION_KEY = "cytoagg.model_precision"  # the arithmetic the model was trained in
+
+
+def write_profiles(df: pd.DataFrame, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write a per-cell or per-well table (``Metadata_*`` strings + float32 features) atomically;
+    ``metadata``: key-value pairs for the file's footer (see :func:`provenance`)."""
+    table = to_arrow(df)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     with atomic_path(path) as tmp:
-        pq.write_table(to_arrow(df), tmp, row_group_size=ROW_GROUP_SIZE, **CHECKSUMS)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, **CHECKSUMS)
+
+
+def provenance(path: str | os.PathLike) -> dict[str, str]:
+    """The ``cytoagg.*`` key-value metadata of a Parquet file (e.g. :data:`PRECISION_KEY`); {} if it has none."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"cytoagg.")}
+
+
+def merged_provenance(paths) -> dict[str, str]:
+    """The provenance of several files in one: a key's distinct values joined by ``, `` (sorted)."""
+    values: dict[str, set[str]] = {}
+    for path in paths:
+        for k, v in provenance(path).items():
+            values.setdefault(k, set()).add(v)
+    return {k: ", ".join(sorted(v)) for k, v in values.items()}
 
 
 def parquet_columns(path: str | os.PathLike) -> list[str]:

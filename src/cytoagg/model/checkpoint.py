@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from ..io.files import InputError, atomic_path
+from ..io.parquet import MODEL_PRECISION_KEY, PRECISION_KEY
 from .network import DeepSets, ModelSpec, pick_device
+from .precision import resolve_precision
 
 CHECKPOINT_FORMAT = "cytoagg-model-1"
 
@@ -45,14 +47,23 @@ class TrainedModel:
     features: list[str]  # the input features, in the order the network expects them
     payload: dict  # the whole checkpoint (settings, normalization, training plates, ...)
     path: str
+    precision: str  # the arithmetic it runs in here: fp32 | bf16 (train.precision, resolved on this machine)
+
+    def provenance(self) -> dict[str, str]:
+        """What to record beside its outputs (Parquet key-value metadata): the arithmetic of these profiles,
+        and of the training (absent from checkpoints written before it was recorded)."""
+        trained = self.payload.get("precision")
+        return {PRECISION_KEY: self.precision, **({MODEL_PRECISION_KEY: trained} if trained else {})}
 
 
-def load_model(checkpoint, device: str = "auto", threads: int = 1) -> TrainedModel:
-    """The one way every step loads a trained model: torch threads set, device chosen, weights loaded."""
+def load_model(checkpoint, device: str = "auto", threads: int = 1, precision: str = "auto") -> TrainedModel:
+    """The one way every step loads a trained model: torch threads set, device chosen, weights loaded, precision
+    resolved (``train.precision``: auto | fp32 | bf16)."""
     torch.set_num_threads(max(1, int(threads)))
     dev = pick_device(device)
     payload = load_checkpoint(checkpoint)
-    return TrainedModel(network_from_payload(payload, dev), dev, list(payload["features"]), payload, str(checkpoint))
+    return TrainedModel(network_from_payload(payload, dev), dev, list(payload["features"]), payload, str(checkpoint),
+                        resolve_precision(precision, dev))
 
 
 def untrained_network(payload: dict, device) -> DeepSets:

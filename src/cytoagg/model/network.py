@@ -61,13 +61,22 @@ class DeepSets(nn.Module):
         n_sets, n_cells, n_features = cells.shape
         linear, act = self.cell_net
         if cells.device.type == "cpu" and torch.is_grad_enabled() and not cells.requires_grad:
-            pooled = SetPooledLayer.apply(cells, linear.weight, linear.bias, act.negative_slope)
+            # autocast does not reach inside a custom Function: it is told the dtype to compute in
+            bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            compute = torch.bfloat16 if bf16 else cells.dtype
+            pooled = SetPooledLayer.apply(cells, linear.weight, linear.bias, act.negative_slope, compute)
         else:  # flattened first: the in-place activation then acts on the matmul's own output, not a view of it
-            pooled = self.cell_net(cells.reshape(-1, n_features)).view(n_sets, n_cells, -1).sum(dim=1)
+            h = self.cell_net(cells.reshape(-1, n_features)).view(n_sets, n_cells, -1)
+            pooled = h.sum(dim=1, dtype=torch.float32) if h.dtype == torch.bfloat16 else h.sum(dim=1)  # sums in fp32
         return pooled if self.spec.pooling == "sum" else pooled / n_cells
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        z = self.head(pooled)
+        """The head, in float32 also under bf16 autocast: it is a sliver of the FLOPs, and the pooled sums it
+        reads (large, with small differences between wells) would lose their last digits in bf16."""
+        if pooled.dtype in (torch.bfloat16, torch.float16):
+            pooled = pooled.float()
+        with torch.autocast(pooled.device.type, enabled=False):
+            z = self.head(pooled)
         return F.normalize(z, dim=-1) if self.spec.head == "batchnorm" else z
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
@@ -79,7 +88,8 @@ class DeepSets(nn.Module):
 
         ``x``: (n_cells, n_features), a tensor or a numpy array (a memory-mapped cell store too: only
         one chunk is copied at a time); ``well_index``: (n_cells,) well of each cell. Only one chunk's
-        activations (chunk_cells x cell_hidden) exist at a time, whatever a well's size.
+        activations (chunk_cells x cell_hidden) exist at a time, whatever a well's size. The sums are
+        float32 also under bf16 autocast (each chunk's activations are cast up before they are added).
         """
         device = next(self.parameters()).device
         well_index = torch.as_tensor(np.asarray(well_index), device=device)
@@ -104,18 +114,31 @@ class SetPooledLayer(torch.autograd.Function):
     (about 12 MB at 1,500 cells) stay in cache for the activation, the pooling and, in the backward pass,
     the activation's gradient; the gradient of the sum is one row per set, broadcast, never a full
     tensor. The input gets no gradient (cells are data). Same values as the plain layers (tested).
+
+    ``compute``: the dtype of the matmuls and activations (``x.dtype``, or bfloat16 under bf16 autocast,
+    which does not reach inside a custom Function). In bfloat16 each set's cells and the weights are cast
+    to bf16, the activations are kept in bf16, and the pooled sums, the weight and bias gradients (summed
+    over the sets) stay in float32.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, slope):
+    def forward(ctx, x, weight, bias, slope, compute=None):
+        compute = compute or x.dtype
         n_sets, n_cells, _ = x.shape
-        h = x.new_empty(n_sets, n_cells, weight.shape[0])
-        pooled = x.new_empty(n_sets, weight.shape[0])
-        wt = weight.t()
-        for s in range(n_sets):
-            torch.addmm(bias, x[s], wt, out=h[s])
-            F.leaky_relu_(h[s], slope)
-            torch.sum(h[s], dim=0, out=pooled[s])
+        with torch.autocast(x.device.type, enabled=False):
+            cast = compute != x.dtype
+            h = x.new_empty(n_sets, n_cells, weight.shape[0], dtype=compute)
+            pooled = x.new_empty(n_sets, weight.shape[0], dtype=torch.float32 if cast else x.dtype)
+            wt, b = weight.t().to(compute), bias.to(compute)
+            xs = x.new_empty(n_cells, x.shape[2], dtype=compute) if cast else None
+            for s in range(n_sets):
+                xi = xs.copy_(x[s]) if cast else x[s]
+                torch.addmm(b, xi, wt, out=h[s])
+                F.leaky_relu_(h[s], slope)
+                if cast:
+                    torch.sum(h[s], dim=0, dtype=pooled.dtype, out=pooled[s])
+                else:
+                    torch.sum(h[s], dim=0, out=pooled[s])
         ctx.save_for_backward(x, h)
         ctx.slope = slope
         return pooled
@@ -123,14 +146,23 @@ class SetPooledLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, h = ctx.saved_tensors
-        grad_w = grad.new_zeros(h.shape[2], x.shape[2])
-        grad_b = grad.new_zeros(h.shape[2])
-        for s in range(x.shape[0]):
-            # leaky_relu's gradient from its output: the output has the sign of the input
-            g = torch.ops.aten.leaky_relu_backward(grad[s].expand_as(h[s]), h[s], ctx.slope, False)
-            grad_w.addmm_(g.t(), x[s])
-            grad_b += g.sum(dim=0)
-        return None, grad_w, grad_b, None
+        compute = h.dtype
+        cast = compute != x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            grad_w = grad.new_zeros(h.shape[2], x.shape[2], dtype=torch.float32 if cast else x.dtype)
+            grad_b = grad.new_zeros(h.shape[2], dtype=grad_w.dtype)
+            xs = x.new_empty(x.shape[1], x.shape[2], dtype=compute) if cast else None
+            grad = grad.to(compute)
+            for s in range(x.shape[0]):
+                # leaky_relu's gradient from its output: the output has the sign of the input
+                g = torch.ops.aten.leaky_relu_backward(grad[s].expand_as(h[s]), h[s], ctx.slope, False)
+                if cast:
+                    grad_w += torch.mm(g.t(), xs.copy_(x[s]))  # a bf16 product per set, summed in float32
+                    grad_b += g.sum(dim=0, dtype=torch.float32)
+                else:
+                    grad_w.addmm_(g.t(), x[s])
+                    grad_b += g.sum(dim=0)
+        return None, grad_w, grad_b, None, None
 
 
 def pick_device(setting: str = "auto") -> torch.device:

@@ -31,9 +31,10 @@ from ..settings import Settings
 from ..splits import CompoundSplit
 from .cellstore import open_cell_store
 from .checkpoint import CHECKPOINT_FORMAT, save_torch
-from .inference import autocast, embed_cells
+from .inference import embed_cells
 from .loss import LOSSES
 from .network import DeepSets, ModelSpec, pick_device
+from .precision import autocast, resolve_precision
 from .sampler import BatchGatherer, FixedSetSize, SetSampler, SetSizeSchedule, cells_tensor
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TrainSettings(Settings):
     split: CompoundSplit
     normalization: dict
     device: str
+    precision: str  # auto | fp32 | bf16 (see cytoagg.model.precision)
     epochs: int
     lr: float
     weight_decay: float
@@ -90,7 +92,8 @@ def _load_training_plate(store, features: list[str], annotation: Annotation) -> 
     return cells
 
 
-def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set[str]], device) -> dict[str, float]:
+def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set[str]], device,
+                precision: str) -> dict[str, float]:
     """Per split of compounds: mean over plates of per-plate mAP (mean over compounds of their wells' AP).
 
     The yardstick of the final tables: each query well (a well of the split's compounds) ranks every other
@@ -103,7 +106,7 @@ def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set
         treated = p.perturbations != NEGCON
         if treated.sum() < 2:
             continue
-        profiles = embed_cells(model, p, device)[treated]
+        profiles = embed_cells(model, p, device, precision)[treated]
         labels = p.perturbations[treated]
         for name, compounds in splits.items():
             queries = np.isin(labels, list(compounds))
@@ -119,7 +122,8 @@ def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set
 
 
 def _run_epoch(
-    model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident=None, gatherer=None
+    model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident=None, gatherer=None,
+    *, precision: str,
 ) -> tuple[list, float]:
     """One pass over every training plate's compounds; returns the step losses and the seconds spent waiting for data.
 
@@ -127,7 +131,8 @@ def _run_epoch(
     draws happen in the main thread, in the same order as without prefetching, so a seed gives the
     same run either way. ``resident``: each plate's cells as a tensor on ``device`` (see
     :func:`resident_cells`); batches are then gathered there, with no host copy per step. ``gatherer``:
-    the host path's buffers, kept from one epoch to the next (made here if not given).
+    the host path's buffers, kept from one epoch to the next (made here if not given). ``precision``: ``fp32``
+    or ``bf16`` (resolved): the model runs under :func:`~cytoagg.model.precision.autocast`, the loss in float32.
     """
     batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
     order = rng.permutation(len(batches))
@@ -155,9 +160,9 @@ def _run_epoch(
             gatherer.copied(slot)
         waited += time.perf_counter() - t
         pending = plan(order[pos + 1]) if pos + 1 < len(order) else None
-        with autocast(device):
+        with autocast(device, precision):
             emb = model(x)
-        loss = loss_fn(emb, torch.from_numpy(labels).to(device), **loss_kw)
+        loss = loss_fn(emb.float(), torch.from_numpy(labels).to(device), **loss_kw)
         value = loss.item()
         if not math.isfinite(value):
             raise InputError(
@@ -189,13 +194,14 @@ def resident_cells(plates, device, share: float = 0.5) -> list[torch.Tensor] | N
     return [cells_tensor(p.x).to(device) for p in plates]
 
 
-def _fingerprint(inputs: list, features: list[str], settings: TrainSettings, input_kind: str) -> str:
-    """What a resumable state must match: inputs (size, mtime), features and every setting."""
+def _fingerprint(inputs: list, features: list[str], settings: TrainSettings, input_kind: str, precision: str) -> str:
+    """What a resumable state must match: inputs (size, mtime), features, every setting and the arithmetic
+    (``auto`` may mean another one on another machine)."""
     h = hashlib.sha256()
     for path in inputs:
         st = os.stat(path)
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps([features, asdict(settings), __version__, input_kind], sort_keys=True).encode())
+    h.update(json.dumps([features, asdict(settings), __version__, input_kind, precision], sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -264,11 +270,12 @@ def _resume(path: Path, fingerprint: str, model, opt, rng) -> _Progress:
 
 
 def _checkpoint(model, features: list[str], settings: TrainSettings, plates: list[str], epoch: int, val_map: float,
-                input_kind: str) -> dict:
+                input_kind: str, precision: str) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "input": input_kind,
         "cytoagg_version": __version__,
+        "precision": precision,  # the arithmetic it was trained in (train.precision resolved): fp32 | bf16
         "model_spec": model.spec.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "features": list(features),
@@ -340,7 +347,9 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
          threads: int, resume: bool, schedule, max_wells_per_set: int, input_kind: str) -> dict:
     """The training loop, on plates of cells (or of well means, one per well)."""
     device = pick_device(settings.device)
-    logger.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(plates), len(features))
+    precision = resolve_precision(settings.precision, device)
+    logger.info("training on %s in %s with %d thread(s); %d plates, %d features", device, precision, threads,
+                len(plates), len(features))
     rng = np.random.default_rng(settings.seed)
     if len({p.plate for p in plates}) < len(plates):
         raise InputError(f"training plates named twice: {sorted(p.plate for p in plates)}")
@@ -357,7 +366,7 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
     out_model = Path(out_model)
     state_path = out_model.with_name("resume_state.pt")
     best_path = out_model.with_name("best_model.pt.partial")
-    fingerprint = _fingerprint(inputs, features, settings, input_kind)
+    fingerprint = _fingerprint(inputs, features, settings, input_kind, precision)
     progress = _resume(state_path, fingerprint, model, opt, rng) if resume else _Progress()
 
     if not val_compounds:
@@ -374,7 +383,8 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
         for epoch in bar:
             t0 = time.perf_counter()
             losses, waited = _run_epoch(
-                model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer
+                model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer,
+                precision=precision,
             )
             if not losses:
                 raise InputError(
@@ -386,16 +396,18 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
                 "loss": float(np.mean(losses)),
                 "n_steps": len(losses),
                 "sampling_wait_s": waited,
+                "precision": precision,
             }
             if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
-                maps = _split_maps(model, plates, {"train": train_compounds, "validation": val_compounds}, device)
+                maps = _split_maps(model, plates, {"train": train_compounds, "validation": val_compounds}, device,
+                                   precision)
                 row["train_mAP"] = maps["train"]
                 row["val_mAP"] = maps["validation"]
                 score = row["val_mAP"] if val_compounds else float(epoch)
                 if progress.best is None or score > progress.best["score"]:
                     progress.best, progress.since_best = {"score": score, "epoch": epoch}, 0
                     save_torch(_checkpoint(model, features, settings, [p.plate for p in plates], epoch, row["val_mAP"],
-                                           input_kind), best_path)
+                                           input_kind, precision), best_path)
                 else:
                     progress.since_best += 1
             row["seconds"] = time.perf_counter() - t0
