@@ -63,7 +63,7 @@ def _named(groups, flag: str, paths: int | None = None) -> dict[str, list[str]]:
 def cmd_synthetic_plate(args, spec):
     from .synthetic.screen import write_cellprofiler_sqlite
 
-    logger.info("%s", write_cellprofiler_sqlite(spec, args.plate, args.out))
+    logger.info("%s", write_cellprofiler_sqlite(spec, args.plate, args.out, args.out_debris))
 
 
 def cmd_synthetic_platemap(args, spec):
@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     one = {"required": True}
     many = {"required": True, "nargs": "+"}
     named = {"action": "append", "nargs": "+", "metavar": ("NAME", "PATH")}  # --flag NAME PATH [PATH ...]
-    add("synthetic-plate", cmd_synthetic_plate, ("--plate", one), ("--out", one))
+    add("synthetic-plate", cmd_synthetic_plate, ("--plate", one), ("--out", one),
+        ("--out-debris", {"default": None, "help": "the side table of which objects are debris"}))
     add("synthetic-platemap", cmd_synthetic_platemap, ("--out", one))
     add("ingest", cmd_ingest, ("--source", one), ("--out", one), ("--plate", one))
     add("normalize", cmd_normalize, ("--src", one), ("--out", one))
