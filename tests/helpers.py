@@ -22,6 +22,7 @@ from cytoagg.model.network import ModelSpec
 from cytoagg.model.train import TrainSettings
 from cytoagg.preprocess.feature_select import FeatureSelectSettings
 from cytoagg.preprocess.normalize import NormalizeSettings
+from cytoagg.profiles.aggregate import FilteredMean
 from cytoagg.profiles.embed import EmbedSettings
 from cytoagg.splits import CompoundSplit
 from cytoagg.synthetic.screen import SyntheticSpec
@@ -122,6 +123,11 @@ def sampling_sweep_settings(**overrides) -> SamplingSweepSettings:
 
 def effective_rank_settings(**overrides) -> EffectiveRankSettings:
     return EffectiveRankSettings(**{"annotation": annotation(), "device": "cpu", **overrides})
+
+
+def filtered_mean_settings(**overrides) -> FilteredMean:
+    props = _schema()["properties"]["evaluate"]["properties"]["filtered_mean"]["properties"]
+    return FilteredMean(**{**{k: v["default"] for k, v in props.items()}, **overrides})
 
 
 def splits(plate_split: dict, **overrides) -> Splits:

@@ -159,6 +159,8 @@ def test_lint_is_clean(finished):
         (["--config", "plates={'train': ['P1'], 'validation': ['P1']}"], "share plate"),
         (["--config", "plates={'train': ['P1/../x'], 'validation': []}"], "plates"),
         (["--config", "dataset={'path': 'nowhere/{plate}.sqlite'}"], "plate 'P1' not found"),
+        (["--config", "evaluate={'baselines': ['filtered_mean'], 'filtered_mean': {'lower_quantile': 0.6, 'upper_quantile': 0.4}}"],
+         "the lower quantile must be below the upper one"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, message):

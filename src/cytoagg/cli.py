@@ -111,11 +111,12 @@ def cmd_embed(args, settings):
     embed_plate(args.normalized, args.checkpoint, args.out, args.plate, settings, threads=args.threads)
 
 
-def cmd_aggregate(args, annotation):
+def cmd_aggregate(args, settings):
     from .profiles.aggregate import aggregate_plate
 
     outputs = {method: files[0] for method, files in _named(args.out, "--out", paths=1).items()}
-    aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, annotation)
+    aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, settings.annotation,
+                    settings.filtered_mean)
 
 
 def cmd_evaluate(args, settings):
@@ -220,6 +221,7 @@ def _settings_classes() -> dict:
     from .model.train import TrainSettings
     from .preprocess.feature_select import FeatureSelectSettings
     from .preprocess.normalize import NormalizeSettings
+    from .profiles.aggregate import AggregateSettings
     from .profiles.embed import EmbedSettings
     from .synthetic.screen import SyntheticSpec
     from .synthetic.toy import ToySpec
@@ -227,7 +229,7 @@ def _settings_classes() -> dict:
     return {
         "synthetic-plate": SyntheticSpec, "synthetic-platemap": SyntheticSpec, "ingest": IngestSettings,
         "normalize": NormalizeSettings, "select-features": FeatureSelectSettings, "pack-cells": Annotation,
-        "train": TrainSettings, "embed": EmbedSettings, "aggregate": Annotation, "evaluate": EvaluateSettings,
+        "train": TrainSettings, "embed": EmbedSettings, "aggregate": AggregateSettings, "evaluate": EvaluateSettings,
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,

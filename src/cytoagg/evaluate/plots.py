@@ -67,7 +67,8 @@ def plot_cells_per_well(n_cells: pd.DataFrame, out) -> None:
     _save(fig, out)
 
 
-METHOD_LABELS = {"model": "model", "mean": "mean (BM)", "median": "median", "mean_std": "mean+std"}
+METHOD_LABELS = {"model": "model", "mean": "mean (BM)", "median": "median", "mean_std": "mean+std",
+                 "filtered_mean": "filtered mean"}
 
 
 def _method_order(methods) -> list[str]:
