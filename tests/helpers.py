@@ -14,6 +14,7 @@ import yaml
 
 from cytoagg.evaluate.diagnostics import EffectiveRankSettings
 from cytoagg.evaluate.retrieval import EvaluateSettings, PrCurveSettings
+from cytoagg.evaluate.saliency import SaliencySettings
 from cytoagg.evaluate.sampling_sweep import SamplingSweepSettings
 from cytoagg.evaluate.summarize import Splits, SummarizeSettings
 from cytoagg.ingest.plate import IngestSettings
@@ -123,6 +124,11 @@ def sampling_sweep_settings(**overrides) -> SamplingSweepSettings:
 
 def effective_rank_settings(**overrides) -> EffectiveRankSettings:
     return EffectiveRankSettings(**{"annotation": annotation(), "device": "cpu", **overrides})
+
+
+def saliency_settings(**overrides) -> SaliencySettings:
+    values = dict(annotation=annotation(), device="cpu", min_cells=defaults("saliency")["min_cells"])
+    return SaliencySettings(**{**values, **overrides})
 
 
 def filtered_mean_settings(**overrides) -> FilteredMean:

@@ -152,6 +152,25 @@ def cmd_effective_rank(args, settings):
                           mean_features=_read_list(args.features), threads=args.threads)
 
 
+def cmd_saliency(args, settings):
+    from .evaluate.saliency import saliency_plate
+
+    saliency_plate(args.normalized, args.checkpoint, args.out_cells, args.out_correlation, args.plate, settings,
+                   threads=args.threads)
+
+
+def cmd_summarize_saliency(args, splits):
+    from .evaluate.saliency import summarize_saliency
+
+    summarize_saliency(args.correlation, args.out, splits)
+
+
+def cmd_saliency_debris(args, settings):
+    from .evaluate.saliency import debris_auroc
+
+    debris_auroc(args.saliency, args.debris, settings.splits, settings.annotation, args.out)
+
+
 def cmd_summarize(args, settings):
     from .evaluate.summarize import summarize_plates
 
@@ -195,6 +214,18 @@ def cmd_plot_effective_rank(args, _):
     effective_rank_figure(args.summary, args.spectra, args.out)
 
 
+def cmd_plot_saliency_correlation(args, _):
+    from .evaluate.plots import saliency_correlation_figure
+
+    saliency_correlation_figure(args.table, args.out)
+
+
+def cmd_plot_saliency_cells(args, settings):
+    from .evaluate.plots import saliency_cells_figure
+
+    saliency_cells_figure(args.saliency, args.normalized, args.table, args.out, settings, args.debris or ())
+
+
 def cmd_toy_data(args, spec):
     from .synthetic.toy import write_toy_data
 
@@ -214,6 +245,7 @@ def _settings_classes() -> dict:
     """Subcommand -> the settings dataclass its --params is read into (imported only when the CLI runs)."""
     from .evaluate.diagnostics import EffectiveRankSettings
     from .evaluate.retrieval import EvaluateSettings, PrCurveSettings
+    from .evaluate.saliency import DebrisSettings, SaliencyFigureSettings, SaliencySettings
     from .evaluate.sampling_sweep import SamplingSweepSettings
     from .evaluate.summarize import Splits, SummarizeSettings
     from .ingest.plate import IngestSettings
@@ -233,7 +265,8 @@ def _settings_classes() -> dict:
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
-        "toy-data": ToySpec,
+        "toy-data": ToySpec, "saliency": SaliencySettings, "summarize-saliency": Splits,
+        "saliency-debris": DebrisSettings, "plot-saliency-cells": SaliencyFigureSettings,
     }
 
 
@@ -273,12 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("--features", one), ("--out-summary", one), ("--out-spectra", one))
     add("summarize", cmd_summarize, ("--ap", {**named, "required": True}), ("--out-csv", one), ("--out-md", one),
         ("--out-compounds", one))
+    add("saliency", cmd_saliency, ("--normalized", one), ("--checkpoint", one), ("--out-cells", one),
+        ("--out-correlation", one), ("--plate", one))
+    add("summarize-saliency", cmd_summarize_saliency, ("--correlation", many), ("--out", one))
+    add("saliency-debris", cmd_saliency_debris, ("--saliency", many), ("--debris", many), ("--out", one))
     add("plot-map", cmd_plot_map, ("--table", one), ("--out", one))
     add("plot-training", cmd_plot_training, ("--training-log", one), ("--out", one))
     add("plot-cells-per-well", cmd_plot_cells_per_well, ("--profiles", many), ("--out", one))
     add("plot-pr-curves", cmd_plot_pr_curves, ("--profiles", {**named, "required": True}), ("--out", one))
     add("plot-sampling-sweep", cmd_plot_sampling_sweep, ("--table", one), ("--profiles", many), ("--out", one))
     add("plot-effective-rank", cmd_plot_effective_rank, ("--summary", one), ("--spectra", one), ("--out", one))
+    add("plot-saliency-correlation", cmd_plot_saliency_correlation, ("--table", one), ("--out", one))
+    add("plot-saliency-cells", cmd_plot_saliency_cells, ("--saliency", many), ("--normalized", many), ("--table", one),
+        ("--debris", {"nargs": "*", "default": None, "help": "the synthetic screen's debris tables, if any"}), ("--out", one))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
     add("toy-summary", cmd_toy_summary, ("--ap", {**named, "required": True}), ("--out-md", one), ("--out-csv", one))

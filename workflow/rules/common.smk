@@ -38,6 +38,9 @@ EVAL = config["evaluate"]
 SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
 # Precision-recall curves and effective ranks look at held-out plates (the training plates if there are none).
 DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
+SALIENCY = config["saliency"]
+# The synthetic screen's debris, a ground truth for the saliency (their side tables: synthetic/debris/)
+DEBRIS = SYNTHETIC and config["synthetic"]["debris_fraction"] > 0
 
 check_config(config)  # plates: disjoint, present on disk; settings that the schema cannot check
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
@@ -50,7 +53,7 @@ wildcard_constraints:
     plate=PLATE_NAME,
 
 
-# Train and embed hold a GPU where the config uses CUDA (gpu=1). "local": the cap of --resources gpu=N
+# Train, embed and saliency hold a GPU where the config uses CUDA (gpu=1). "local": the cap of --resources gpu=N
 # (profiles/default) counts only jobs run on this machine; jobs submitted to Slurm each get their own
 # card, so the main snakemake does not hold them back.
 resource_scopes:
@@ -58,12 +61,12 @@ resource_scopes:
 
 
 def use_gpu():
-    """``gpu=1`` for train/embed when config asks for CUDA, or for ``auto`` where a GPU driver is visible."""
+    """``gpu=1`` for train/embed/saliency when config asks for CUDA, or for ``auto`` where a GPU driver is visible."""
     device = config["train"]["device"]
     return device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None)
 
 
-# resources of train and embed: gpu=1 where they use one; nothing otherwise (one resource less per job to plan)
+# resources of train, embed and saliency: gpu=1 where they use one; nothing otherwise (one resource less per job to plan)
 GPU = {"gpu": 1} if use_gpu() else {}
 # The sweep and the effective-rank diagnostics run the model too, but are small: no GPU asked for (the
 # CPU, or a GPU where one is visible to the job anyway).
@@ -223,6 +226,14 @@ if SWEEP_SIZES:
     ]
 
 
+SALIENCY_OUTPUTS = [
+    f"{R}/tables/saliency_feature_correlation.csv",
+    f"{R}/plots/saliency_feature_correlation.png",
+    f"{R}/plots/saliency_cells.png",
+    *([f"{R}/tables/saliency_debris_auroc.csv"] if DEBRIS else []),
+]
+
+
 def all_outputs():
     return [
         f"{R}/tables/map_per_plate.csv",
@@ -231,6 +242,7 @@ def all_outputs():
         f"{R}/plots/cells_per_well.png",
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
         *EVALUATION_OUTPUTS,
+        *(SALIENCY_OUTPUTS if SALIENCY["enabled"] else []),
     ]
 
 
