@@ -127,7 +127,9 @@ def effective_rank_settings(**overrides) -> EffectiveRankSettings:
 
 
 def saliency_settings(**overrides) -> SaliencySettings:
-    values = dict(annotation=annotation(), device="cpu", min_cells=defaults("saliency")["min_cells"])
+    d = defaults("saliency")
+    values = dict(annotation=annotation(), device="cpu", gradient=d["gradient"], min_cells=d["min_cells"],
+                  correlation_cells=d["correlation_cells"])
     return SaliencySettings(**{**values, **overrides})
 
 

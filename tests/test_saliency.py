@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr, rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from helpers import annotation, ingest_settings, model_spec, normalize_settings, saliency_settings, splits, synthetic_spec, train_settings
@@ -121,6 +121,13 @@ def checkpoint(tiny_plates, tmp_path_factory):
     return path
 
 
+def scipy_correlations(both: pd.DataFrame, column: str, feature: str, min_cells: int) -> tuple[float, float, int]:
+    """The mean over wells of scipy's Pearson and Spearman of ``column`` with ``feature``, and the wells."""
+    rs = [(pearsonr(g[column], g[feature])[0], spearmanr(g[column], g[feature])[0])
+          for _, g in both.dropna(subset=[column]).groupby("Metadata_Well") if len(g) >= min_cells]
+    return np.mean([r[0] for r in rs]), np.mean([r[1] for r in rs]), len(rs)
+
+
 def test_saliency_step_writes_one_row_per_cell_and_the_correlations(tiny_plates, checkpoint, tmp_path, monkeypatch):
     paths, features = tiny_plates
     monkeypatch.setattr(step, "CHUNK_CELLS", 97)  # chunks end inside wells
@@ -140,12 +147,36 @@ def test_saliency_step_writes_one_row_per_cell_and_the_correlations(tiny_plates,
     both = pd.concat([plate[["Metadata_Well", *features[:3]]], cells[["saliency_contribution", "saliency_gradient"]]], axis=1)
     for name, column in (("contribution", "saliency_contribution"), ("gradient", "saliency_gradient")):
         for feature in features[:3]:
-            rs = [(pearsonr(g[column], g[feature])[0], spearmanr(g[column], g[feature])[0])
-                  for _, g in both.groupby("Metadata_Well") if len(g) >= 5]
+            pearson, spearman, n = scipy_correlations(both, column, feature, 5)
             row = corr[(corr["saliency"] == name) & (corr["feature"] == feature)].iloc[0]
-            assert row["n_wells"] == len(rs)
-            assert row["pearson"] == pytest.approx(np.mean([r[0] for r in rs]), abs=1e-6)
-            assert row["spearman"] == pytest.approx(np.mean([r[1] for r in rs]), abs=1e-6)
+            assert row["n_wells"] == n
+            assert row["pearson"] == pytest.approx(pearson, abs=1e-6)
+            assert row["spearman"] == pytest.approx(spearman, abs=1e-6)
+
+    # V0 only, correlations on 20 cells of each well: those of the sample
+    saliency_plate(paths["P3"], checkpoint, cells_out, corr_out, "P3",
+                   saliency_settings(min_cells=5, gradient=False, correlation_cells=20))
+    v0 = pd.read_parquet(cells_out)
+    pd.testing.assert_series_equal(v0["saliency_contribution"], cells["saliency_contribution"])
+    assert v0["saliency_gradient"].isna().all()
+    corr = pd.read_parquet(corr_out)
+    assert (corr.loc[corr.saliency == "gradient", "n_wells"] == 0).all()
+    sample = step.sample_within_wells(pd.factorize(plate["Metadata_Well"], sort=True)[0], 20)
+    for feature in features[:3]:
+        pearson, spearman, n = scipy_correlations(both[sample], "saliency_contribution", feature, 5)
+        row = corr[(corr["saliency"] == "contribution") & (corr["feature"] == feature)].iloc[0]
+        assert row["n_wells"] == n and row["pearson"] == pytest.approx(pearson, abs=1e-6)
+        assert row["spearman"] == pytest.approx(spearman, abs=1e-6)
+
+
+def test_sample_within_wells_and_average_ranks():
+    wells = np.repeat([2, 0, 1], [50, 5, 30])
+    sampled = step.sample_within_wells(wells, 20, seed=3)
+    assert np.bincount(wells[sampled]).tolist() == [5, 20, 20]
+    assert np.array_equal(sampled, step.sample_within_wells(wells, 20, seed=3))
+    assert not np.array_equal(sampled, step.sample_within_wells(wells, 20, seed=4))
+    x = np.round(np.random.default_rng(0).normal(size=(200, 7)) * 2)  # many ties
+    np.testing.assert_array_equal(step.average_ranks(x), rankdata(x, axis=0))
 
 
 def test_saliency_step_errors(tiny_plates, checkpoint, tmp_path):

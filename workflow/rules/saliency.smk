@@ -11,7 +11,11 @@ rule saliency:
         cells=f"{R}/saliency/{{plate}}.parquet",
         correlation=f"{R}/saliency/correlation/{{plate}}.parquet",
     params:
-        settings=settings(annotation=ANNOTATION, device=config["train"]["device"], min_cells=SALIENCY["min_cells"]),
+        settings=settings(
+            annotation=ANNOTATION,
+            device=config["train"]["device"],
+            **{k: SALIENCY[k] for k in ("gradient", "min_cells", "correlation_cells")},
+        ),
     log:
         f"{R}/logs/saliency/{{plate}}.log",
     benchmark:

@@ -65,8 +65,9 @@ def cell_saliency(
     """V0 (one pass over the cells) and, with ``gradient``, V1 (a second pass) of every cell of a plate.
 
     ``well_index``: (n_cells,) well of each cell, 0..n_wells-1; ``labels``: (n_wells,) perturbation of each
-    well (any comparable values). ``on_chunk(first_row, x, contribution, gradient)`` sees each chunk of the
-    second pass with its cells' saliencies (the per-well correlations use it, so the plate is read twice).
+    well (any comparable values). ``on_chunk(first_row, x, l1, gradient)`` sees each chunk of the last pass:
+    its cells' ``||phi(x_i)||_1`` (V0 times a constant per well, so the same correlations within a well) and
+    V1 (None without ``gradient``): the per-well correlations need no pass of their own.
     """
     device = next(network.parameters()).device
     well_index = np.asarray(well_index, dtype=np.int64)
@@ -74,12 +75,15 @@ def cell_saliency(
     wells_t = torch.from_numpy(well_index).to(device)
     pooled = torch.zeros(n_wells, network.spec.cell_hidden, dtype=torch.float32, device=device)
     l1 = np.full(len(well_index), np.nan)
+    last_pass = None if gradient else on_chunk
     with torch.no_grad():
-        for _, _, rows, xt in _finite_chunks(chunks, device):
+        for start, x, rows, xt in _finite_chunks(chunks, device):
             with autocast(device):
                 h = network.cell_net(xt).float()
             pooled.index_add_(0, wells_t[rows], h)
             l1[rows] = h.abs().sum(dim=1).cpu().numpy()
+            if last_pass is not None:
+                last_pass(start, x, l1[start : start + len(x)], None)
     cells = ~np.isnan(l1)
     counts = np.bincount(well_index[cells], minlength=n_wells)
     totals = np.bincount(well_index[cells], weights=l1[cells], minlength=n_wells)
@@ -102,7 +106,7 @@ def cell_saliency(
             stop = start + len(x)
             grad[start:stop][no_loss[start:stop]] = np.nan
             if on_chunk is not None:
-                on_chunk(start, x, contribution[start:stop], grad[start:stop])
+                on_chunk(start, x, l1[start:stop], grad[start:stop])
     return CellSaliency(contribution, grad, has_loss)
 
 
