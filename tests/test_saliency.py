@@ -169,6 +169,31 @@ def test_saliency_step_writes_one_row_per_cell_and_the_correlations(tiny_plates,
         assert row["spearman"] == pytest.approx(spearman, abs=1e-6)
 
 
+def test_figures_data_and_drawing(tiny_plates, checkpoint, tmp_path):
+    from cytoagg.evaluate.plots import plot_saliency_cells, plot_saliency_correlation
+
+    paths, features = tiny_plates
+    cells_out, corr_out = tmp_path / "P3.parquet", tmp_path / "P3_corr.parquet"
+    saliency_plate(paths["P3"], checkpoint, cells_out, corr_out, "P3", saliency_settings())
+    table = saliency_correlation_table([pd.read_parquet(corr_out)], splits({"P3": "validation"}))
+    top = step.top_features(table)
+    overall = table[table.plate == "all"]
+    for name, feature in top.items():
+        strongest = overall[overall.saliency == name].sort_values("rank").iloc[0]
+        assert feature == strongest["feature"]
+    examples = step.example_cells([cells_out], [paths["P3"]], table, ANN, 3)
+    plate = pd.read_parquet(paths["P3"])
+    sizes = plate[plate["Metadata_broad_sample"] != "DMSO"].groupby("Metadata_Well").size().sort_values(ascending=False, kind="stable")
+    assert list(dict.fromkeys(examples["well"])) == list(sizes.index[:3])  # the most populous treated wells
+    for (well, name), g in examples.groupby(["well", "saliency"]):
+        assert g["feature"].iloc[0] == top[name]
+        np.testing.assert_allclose(g["value"], plate.loc[plate["Metadata_Well"] == well, top[name]], rtol=1e-6)
+        assert g["debris"].isna().all()
+    plot_saliency_correlation(table, tmp_path / "corr.png")
+    plot_saliency_cells(examples, tmp_path / "cells.png")
+    assert (tmp_path / "corr.png").stat().st_size > 1000 and (tmp_path / "cells.png").stat().st_size > 1000
+
+
 def test_sample_within_wells_and_average_ranks():
     wells = np.repeat([2, 0, 1], [50, 5, 30])
     sampled = step.sample_within_wells(wells, 20, seed=3)

@@ -49,9 +49,10 @@ def saliency_plate(normalized, checkpoint, out_cells, out_correlation, plate: st
                    threads: int = 1) -> dict:
     """Write the per-cell saliencies of one plate and its per-feature correlations (see the module docstring).
 
-    The cells are streamed in chunks, twice (V0 and the pooled vectors; then V1 and the correlations):
-    memory holds one chunk of activations, the per-cell identifiers and saliencies, and the cells of the
-    wells whose correlations are not finished (one well at a time, since ingest writes wells contiguously).
+    The cells are streamed in chunks: one pass for V0 and the pooled vectors, a second for V1 (with
+    ``settings.gradient``); the correlations ride on the last pass. Memory holds one chunk of activations, the
+    per-cell identifiers and saliencies, and the sampled cells of the wells whose correlations are not finished
+    (one well at a time, since ingest writes wells contiguously): not the plate, whatever its size.
     """
     trained = load_model(checkpoint, settings.device, threads)
     temperature = _temperature(trained.payload, checkpoint)
@@ -113,8 +114,7 @@ def _temperature(payload: dict, checkpoint) -> float:
 
 def _well_labels(perturbation: np.ndarray, well_index: np.ndarray, well_names, path) -> np.ndarray:
     """The perturbation of each well; a well with two is an error naming it."""
-    first = np.zeros(len(well_names), dtype=np.int64)
-    first[well_index[::-1]] = np.arange(len(well_index))[::-1]
+    _, first = np.unique(well_index, return_index=True)  # each well's first cell, wells in code order
     labels = perturbation[first]
     bad = np.flatnonzero(perturbation != labels[well_index])
     if len(bad):
@@ -275,6 +275,25 @@ def well_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _saliency_files(paths, annotation: Annotation, plates: dict, what: str):
+    """(path, plate, its cells' saliencies) of each per-cell saliency file, whose plate must be one of ``plates``."""
+    for path in paths:
+        cells = pd.read_parquet(path)
+        plate = str(cells[annotation.plate_col].iloc[0])
+        if plate not in plates:
+            raise InputError(f"{path}: no {what} given for plate {plate}")
+        yield path, plate, cells
+
+
+def _debris_tables(paths) -> dict[str, pd.DataFrame]:
+    """The synthetic screen's debris side tables, by plate."""
+    tables = {}
+    for path in paths:
+        table = pd.read_parquet(path)
+        tables[str(table["Metadata_Plate"].iloc[0])] = table
+    return tables
+
+
 @dataclass(frozen=True)
 class DebrisSettings(Settings):
     """The metadata columns and which plates were trained on."""
@@ -288,17 +307,10 @@ def debris_auroc(saliency: list, debris: list, splits: Splits, annotation: Annot
     wells of the AUROC of real cells against debris (P(a real cell's saliency > a debris object's), within the
     well, since V0 is a share of its own well), over the wells with both and a finite saliency; and ``all``
     (every plate's wells). Cells are matched to the side table by image and object number."""
-    truth = {}
-    for path in debris:
-        t = pd.read_parquet(path)
-        truth[str(t["Metadata_Plate"].iloc[0])] = t
+    truth = _debris_tables(debris)
     rows = []
     per_plate = []
-    for path in saliency:
-        cells = pd.read_parquet(path)
-        plate = str(cells[annotation.plate_col].iloc[0])
-        if plate not in truth:
-            raise InputError(f"{path}: no debris table for plate {plate}")
+    for path, plate, cells in _saliency_files(saliency, annotation, truth, "debris table"):
         if not set(ID_COLUMNS) <= set(cells.columns):
             raise InputError(f"{path}: no {' / '.join(ID_COLUMNS)} columns to match the debris table with")
         merged = cells.merge(truth[plate][[*ID_COLUMNS, "debris"]], on=list(ID_COLUMNS), how="left", validate="one_to_one")
@@ -357,13 +369,9 @@ def example_cells(saliency: list, normalized: list, table: pd.DataFrame, annotat
     top = top_features(table)
     plate_of = lambda path: str(pq.read_table(path, columns=[annotation.plate_col]).column(0)[0])  # noqa: E731
     plates = {plate_of(p): p for p in normalized}
-    truth = {str(t["Metadata_Plate"].iloc[0]): t for t in map(pd.read_parquet, debris)}
+    truth = _debris_tables(debris)
     candidates = []
-    for path in saliency:
-        cells = pd.read_parquet(path)
-        plate = str(cells[annotation.plate_col].iloc[0])
-        if plate not in plates:
-            raise InputError(f"{path}: no normalized plate {plate} given")
+    for path, plate, cells in _saliency_files(saliency, annotation, plates, "normalized plate"):
         meta = cells[[annotation.well_col, annotation.perturbation_col]]
         usable = ~annotation.negcon_mask(meta) if annotation.negcon_col in meta else np.ones(len(meta), bool)
         usable &= np.isfinite(cells[SALIENCIES["gradient"]].to_numpy())
