@@ -29,12 +29,14 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from normalize import WORK, loadavg, measure  # noqa: E402  (the plate generator and the measuring)
 
 STEPS = ("embed", "saliency_v0", "saliency")
+SCHEMA = yaml.safe_load((HERE.parent / "workflow" / "schemas" / "config.schema.yaml").read_text())  # the defaults
 ANNOTATION = {"plate_col": "Metadata_Plate", "well_col": "Metadata_Well", "perturbation_col": "Metadata_broad_sample",
               "negcon_col": "Metadata_broad_sample", "negcon_value": "DMSO"}
 
@@ -60,8 +62,9 @@ def command(step: str, src: Path, checkpoint: Path, out: Path, device: str, thre
     if step == "embed":
         params = {"annotation": ANNOTATION, "embedding": "head", "device": device, "normalization": {}}
         return [*cli, "embed", *common, "--out", str(out / "embed.parquet"), "--params", json.dumps(params)]
-    params = {"annotation": ANNOTATION, "device": device, "gradient": step == "saliency", "min_cells": 10,
-              "correlation_cells": 1000}
+    defaults = {k: v["default"] for k, v in SCHEMA["properties"]["saliency"]["properties"].items()}
+    params = {"annotation": ANNOTATION, "device": device, "gradient": step == "saliency",
+              "min_cells": defaults["min_cells"], "correlation_cells": defaults["correlation_cells"]}
     return [*cli, "saliency", *common, "--out-cells", str(out / f"{step}.parquet"),
             "--out-correlation", str(out / f"{step}_correlation.parquet"), "--params", json.dumps(params)]
 

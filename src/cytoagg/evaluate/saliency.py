@@ -209,20 +209,27 @@ def sample_within_wells(well_index: np.ndarray, max_cells: int, seed: int = 0) -
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks (1..n) of each column of ``x`` (n, k), ties sharing their average rank (as ``scipy.stats.rankdata``,
-    a few times faster on many columns)."""
+    """Ranks (1..n) of each column of ``x`` (n, k), ties sharing their average rank: ``scipy.stats.rankdata(x,
+    axis=0)``, faster on many short columns (one argsort of the transposed rows; ties, where there are any,
+    from the first and last position of each run of equal values)."""
     xt = np.ascontiguousarray(x.T)
     k, n = xt.shape
     order = np.argsort(xt, axis=1)
-    ordered = np.take_along_axis(xt, order, axis=1)
-    new = np.ones((k, n), dtype=bool)
-    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    group = np.cumsum(new.ravel()) - 1
-    position = np.tile(np.arange(1, n + 1, dtype=np.float64), k)
-    mean_rank = np.bincount(group, weights=position) / np.bincount(group)
-    ranks = np.empty((k, n))
-    np.put_along_axis(ranks, order, mean_rank[group].reshape(k, n), axis=1)
-    return ranks.T
+    flat = (order + (np.arange(k) * n)[:, None]).ravel()  # sorted positions in the flattened rows
+    ordered = xt.ravel()[flat].reshape(k, n)
+    tie = ordered[:, 1:] == ordered[:, :-1]
+    if tie.any():
+        j = np.arange(n)
+        first = np.where(np.c_[np.ones((k, 1), bool), ~tie], j, 0)
+        np.maximum.accumulate(first, axis=1, out=first)
+        last = np.where(np.c_[~tie, np.ones((k, 1), bool)], j, n - 1)[:, ::-1]
+        last = np.minimum.accumulate(last, axis=1)[:, ::-1]
+        rank = (first + last) / 2 + 1
+    else:
+        rank = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (k, n))
+    ranks = np.empty(k * n)
+    ranks[flat] = rank.ravel()
+    return ranks.reshape(k, n).T
 
 
 def _correlations(s: np.ndarray, x: np.ndarray) -> np.ndarray:
