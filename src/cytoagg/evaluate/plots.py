@@ -214,7 +214,10 @@ def plot_saliency_correlation(table: pd.DataFrame, out, top: int = 15) -> None:
 
 def plot_saliency_cells(examples: pd.DataFrame, out) -> None:
     """Per example well (rows) and saliency (columns): each cell's saliency against the saliency's most
-    correlated feature; debris, where a debris table says which cells they are, as red crosses."""
+    correlated feature; debris, where a debris table says which cells they are, as red crosses (and the well's
+    AUROC of cells against debris in the title)."""
+    from .saliency import well_auroc
+
     wells = list(dict.fromkeys(zip(examples["plate"], examples["well"])))
     names = [n for n in SALIENCY_LABELS if (examples["saliency"] == n).any()]
     fig, axes = plt.subplots(max(len(wells), 1), max(len(names), 1), figsize=(4.6 * max(len(names), 1), 3.0 * max(len(wells), 1)),
@@ -225,13 +228,14 @@ def plot_saliency_cells(examples: pd.DataFrame, out) -> None:
             g = examples[(examples["plate"] == plate) & (examples["well"] == well) & (examples["saliency"] == name)]
             debris = g["debris"].to_numpy() == 1.0
             ax.scatter(g["value"][~debris], g["score"][~debris], s=8, alpha=0.7, color="C0", label="cells")
+            title = f"{plate} {well} ({g['perturbation'].iloc[0]}): {len(g)} objects, r = {g['pearson'].iloc[0]:.2f}"
             if debris.any():
                 ax.scatter(g["value"][debris], g["score"][debris], s=12, marker="x", color="C3", label="debris")
                 ax.legend(fontsize=7)
+                title += f", AUROC cells vs debris {well_auroc(g['score'].to_numpy(), ~debris):.2f}"
             ax.set_xlabel(f"{g['feature'].iloc[0]} (normalized)", fontsize=8)
             ax.set_ylabel(SALIENCY_LABELS[name], fontsize=8)
-            ax.set_title(f"{plate} {well} ({g['perturbation'].iloc[0]}): {len(g)} cells, r = {g['pearson'].iloc[0]:.2f}",
-                         fontsize=8)
+            ax.set_title(title, fontsize=8)
     if not wells:
         axes[0][0].text(0.5, 0.5, "no well to show", ha="center", va="center")
         axes[0][0].axis("off")
