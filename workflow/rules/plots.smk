@@ -151,6 +151,7 @@ rule plot_saliency_cells:
         saliency=expand(f"{R}/saliency/{{plate}}.parquet", plate=DIAGNOSTIC_PLATES),
         normalized=expand(f"{R}/normalized/{{plate}}.parquet", plate=DIAGNOSTIC_PLATES),
         table=f"{R}/tables/saliency_feature_correlation.csv",
+        # the synthetic screen's side tables of debris; none for a user's plates (--debris is then given no file)
         debris=expand(f"{R}/synthetic/debris/{{plate}}.parquet", plate=DIAGNOSTIC_PLATES) if SYNTHETIC else [],
     output:
         report(f"{R}/plots/saliency_cells.png", caption="../report/saliency_cells.rst", category="Saliency"),
@@ -168,5 +169,4 @@ rule plot_saliency_cells:
         f"{ENVS}/plots.yaml"
     shell:
         "python -m cytoagg plot-saliency-cells --saliency {input.saliency:q} --normalized {input.normalized:q} "
-        f"--table {{input.table:q}} {'--debris {input.debris:q} ' if SYNTHETIC else ''}"
-        "--out {output:q} --params {params.settings:q} 2> {log:q}"
+        "--table {input.table:q} --debris {input.debris:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
