@@ -26,6 +26,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summarize.smk"
 include: "workflow/rules/sampling_sweep.smk"
 include: "workflow/rules/diagnostics.smk"
+include: "workflow/rules/saliency.smk"
 include: "workflow/rules/plots.smk"
 
 

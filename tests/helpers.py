@@ -14,6 +14,7 @@ import yaml
 
 from cytoagg.evaluate.diagnostics import EffectiveRankSettings
 from cytoagg.evaluate.retrieval import EvaluateSettings, PrCurveSettings
+from cytoagg.evaluate.saliency import SaliencySettings
 from cytoagg.evaluate.sampling_sweep import SamplingSweepSettings
 from cytoagg.evaluate.summarize import Splits, SummarizeSettings
 from cytoagg.ingest.plate import IngestSettings
@@ -22,6 +23,7 @@ from cytoagg.model.network import ModelSpec
 from cytoagg.model.train import TrainSettings
 from cytoagg.preprocess.feature_select import FeatureSelectSettings
 from cytoagg.preprocess.normalize import NormalizeSettings
+from cytoagg.profiles.aggregate import AggregateSettings, FilteredMean
 from cytoagg.profiles.embed import EmbedSettings
 from cytoagg.splits import CompoundSplit
 from cytoagg.synthetic.screen import SyntheticSpec
@@ -128,6 +130,18 @@ def effective_rank_settings(**overrides) -> EffectiveRankSettings:
     return EffectiveRankSettings(**{**values, **overrides})
 
 
+def saliency_settings(**overrides) -> SaliencySettings:
+    d = defaults("saliency")
+    values = dict(annotation=annotation(), device="cpu", precision="fp32", gradient=d["gradient"], min_cells=d["min_cells"],
+                  correlation_cells=d["correlation_cells"])
+    return SaliencySettings(**{**values, **overrides})
+
+
+def filtered_mean_settings(**overrides) -> FilteredMean:
+    props = _schema()["properties"]["evaluate"]["properties"]["filtered_mean"]["properties"]
+    return FilteredMean(**{**{k: v["default"] for k, v in props.items()}, **overrides})
+
+
 def splits(plate_split: dict, **overrides) -> Splits:
     return Splits(plate_split=plate_split, compounds=compound_split(**overrides))
 
@@ -189,3 +203,7 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def aggregate_settings(**overrides) -> AggregateSettings:
+    return AggregateSettings(**{"annotation": annotation(), "filtered_mean": filtered_mean_settings(), **overrides})

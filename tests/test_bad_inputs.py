@@ -31,6 +31,7 @@ from cytoagg.model.train import train_model
 from cytoagg.preprocess.normalize import normalize_plate
 from helpers import (
     REPO,
+    aggregate_settings,
     annotation,
     compound_split,
     copy_workflow,
@@ -228,12 +229,11 @@ def test_13_truncated_parquet_is_one_line_naming_the_file(tmp_path, step, caplog
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(src.read_bytes()[:-200] + b"PAR1")  # footer length now points at garbage
     (tmp_path / "features.txt").write_text("\n".join(FEATURES) + "\n")
-    ann = annotation()
     args = {
         "normalize": ["normalize", "--src", str(bad), "--out", str(tmp_path / "o.parquet"),
                       "--params", json.dumps(normalize_settings().to_params())],
         "aggregate": ["aggregate", "--normalized", str(bad), "--features", str(tmp_path / "features.txt"), "--plate", "P1",
-                      "--out", "mean", str(tmp_path / "o.parquet"), "--params", json.dumps(ann.to_params())],
+                      "--out", "mean", str(tmp_path / "o.parquet"), "--params", json.dumps(aggregate_settings().to_params())],
         "select-features": ["select-features", "--plates", str(bad), "--out", str(tmp_path / "o.txt"), "--params",
                             json.dumps(feature_select_settings().to_params())],
     }[step]

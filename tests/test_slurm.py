@@ -73,16 +73,17 @@ def test_slurm_profile_gives_every_job_partition_memory_runtime_and_gpu_where_as
         # profiles/default (the workflow profile, loaded too) must not replace the Slurm default-resources
         assert res.get("slurm_partition") == "debug", job
         assert int(res["mem_mb"]) >= 500 and int(res["runtime"]) >= 5, job
-        assert res.get("gpu", "0") == ("1" if job["rule"] in ("train", "embed") else "0"), job
+        assert res.get("gpu", "0") == ("1" if job["rule"] in ("train", "embed", "saliency") else "0"), job
 
 
 def test_gpu_only_when_the_config_uses_cuda(workflow_copy):
     def gpus(device: str) -> dict[str, set[str]]:
         jobs = dry_run_jobs(workflow_copy, "--forceall", "--config", f"train={{'device': '{device}'}}")
-        return {rule: {j["resources"].get("gpu", "0") for j in jobs if j["rule"] == rule} for rule in ("train", "embed", "ingest")}
+        rules = ("train", "embed", "saliency", "ingest")
+        return {rule: {j["resources"].get("gpu", "0") for j in jobs if j["rule"] == rule} for rule in rules}
 
-    assert gpus("cuda") == {"train": {"1"}, "embed": {"1"}, "ingest": {"0"}}
-    assert gpus("cpu") == {"train": {"0"}, "embed": {"0"}, "ingest": {"0"}}
+    assert gpus("cuda") == {"train": {"1"}, "embed": {"1"}, "saliency": {"1"}, "ingest": {"0"}}
+    assert gpus("cpu") == {"train": {"0"}, "embed": {"0"}, "saliency": {"0"}, "ingest": {"0"}}
 
 
 def test_threads_follow_cores(workflow_copy):
@@ -246,7 +247,7 @@ def test_gpu_jobs_asked_slurm_for_a_gpu(slurm_run):
     for path, jobid in submitted.items():
         rule = Path(path).relative_to(wd / ".snakemake" / "slurm_logs").parts[0].removeprefix("rule_")
         tres = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
-        assert ("gres/gpu" in tres or "gres:gpu" in tres) == (rule in ("train", "embed")), (rule, tres)
+        assert ("gres/gpu" in tres or "gres:gpu" in tres) == (rule in ("train", "embed", "saliency")), (rule, tres)
 
 
 @pytest.mark.slurm

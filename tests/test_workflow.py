@@ -27,7 +27,7 @@ def test_outputs_of_every_step(finished):
     for plate in ("P1", "P2", "P3"):
         assert (r / "synthetic/plates" / f"{plate}.sqlite").exists()
         for step in ("ingested", "normalized", "profiles/model", "profiles/model_untrained", "profiles/mlp_on_mean",
-                     "profiles/mean", "profiles/mean_std", "ap"):
+                     "profiles/mean", "profiles/mean_std", "ap", "saliency", "saliency/correlation", "synthetic/debris"):
             assert (r / step / f"{plate}.parquet").exists(), (step, plate)
         assert (r / "logs/ingest" / f"{plate}.log").exists()
         methods = ("model", "model_untrained", "mlp_on_mean", "mean", "mean_std")
@@ -43,8 +43,10 @@ def test_outputs_of_every_step(finished):
     hist = pd.read_csv(r / "model/training_log.csv")
     assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
     assert hist.precision.nunique() == 1 and hist.precision[0] in ("fp32", "bf16")  # train.precision: auto
-    for png in ("map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank"):
+    for png in ("map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank",
+                "saliency_feature_correlation", "saliency_cells"):
         assert (r / "plots" / f"{png}.png").stat().st_size > 1000
+    assert not (r / "tables/saliency_debris_auroc.csv").exists()  # the tiny screen has no debris
     # no temporary files left behind by atomic writes
     assert not list(r.rglob("*.tmp"))
 
@@ -99,19 +101,41 @@ def test_sampling_sweep_and_effective_rank_tables(finished):
     assert rank.representation.tolist() == ["pooled", "head", "mean"] and set(rank.plates) == {"P3"}
 
 
+def test_saliency_tables(finished):
+    r = finished / "results"
+    features = (r / "features.txt").read_text().split()
+    table = pd.read_csv(r / "tables/saliency_feature_correlation.csv")
+    assert list(table.columns) == ["plate", "plate_split", "saliency", "feature", "pearson", "spearman", "n_wells", "rank"]
+    assert list(dict.fromkeys(table.plate)) == ["all", "P1", "P2", "P3"]
+    for (plate, name), block in table.groupby(["plate", "saliency"]):
+        assert sorted(block.feature) == sorted(features) and block["rank"].tolist() == list(range(1, len(features) + 1))
+        assert block.pearson.abs().is_monotonic_decreasing and block.pearson.between(-1, 1).all()
+    assert set(table.saliency) == {"contribution", "gradient"} and (table.n_wells > 100).all()
+    cells = pd.read_parquet(r / "saliency/P3.parquet")
+    assert len(cells) == len(pd.read_parquet(r / "normalized/P3.parquet", columns=["Metadata_Well"]))
+    assert {"Metadata_Well", "Metadata_ImageNumber", "Metadata_ObjectNumber"} <= set(cells.columns)
+    assert cells.groupby("Metadata_Well")["saliency_contribution"].sum().sub(1).abs().max() < 1e-4
+
+
+def test_debris_add_the_auroc_table(finished):
+    jobs = planned_jobs(finished, "--config", "synthetic={'debris_fraction': 0.3}")
+    assert jobs["synthetic_plate"] == 3 and jobs["saliency"] == 3 and jobs["saliency_debris"] == 1
+
+
 def test_report_contains_every_figure(finished):
     snakemake(finished, "--report", "report.html")
     html = (finished / "report.html").read_text(errors="replace")
     for name in (
         "map_per_plate.png", "training_curve.png", "cells_per_well.png", "pr_curves.png", "sampling_sweep.png",
         "effective_rank.png", "map_per_plate.csv", "ap_per_compound.csv", "sampling_sweep.csv", "effective_rank.csv",
-        "training_log.csv",
+        "training_log.csv", "saliency_feature_correlation.png", "saliency_cells.png", "saliency_feature_correlation.csv",
     ):  # fmt: skip
         assert name in html, name
     # each figure is embedded (a PNG payload per figure), with its caption
     figures = re.findall(r'"results/plots/(\w+)\.png": \{"name"', html)
     assert sorted(figures) == sorted(
-        ["map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank"]
+        ["map_per_plate", "training_curve", "cells_per_well", "pr_curves", "sampling_sweep", "effective_rank",
+         "saliency_feature_correlation", "saliency_cells"]
     )
     assert html.count("iVBORw0KGgo") >= len(figures)
     assert "Precision-recall curves of one query well per compound kind" in html
@@ -178,6 +202,8 @@ def test_lint_is_clean(finished):
         (["--config", "plates={'train': ['P1'], 'validation': ['P1']}"], "share plate"),
         (["--config", "plates={'train': ['P1/../x'], 'validation': []}"], "plates"),
         (["--config", "dataset={'path': 'nowhere/{plate}.sqlite'}"], "plate 'P1' not found"),
+        (["--config", "evaluate={'baselines': ['filtered_mean'], 'filtered_mean': {'lower_quantile': 0.6, 'upper_quantile': 0.4}}"],
+         "the lower quantile must be below the upper one"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, message):

@@ -63,7 +63,7 @@ def _named(groups, flag: str, paths: int | None = None) -> dict[str, list[str]]:
 def cmd_synthetic_plate(args, spec):
     from .synthetic.screen import write_cellprofiler_sqlite
 
-    logger.info("%s", write_cellprofiler_sqlite(spec, args.plate, args.out))
+    logger.info("%s", write_cellprofiler_sqlite(spec, args.plate, args.out, args.out_debris))
 
 
 def cmd_synthetic_platemap(args, spec):
@@ -126,12 +126,13 @@ def cmd_embed(args, settings):
                 mlp_on_mean=args.mlp_on_mean[0] if args.mlp_on_mean else None)
 
 
-def cmd_aggregate(args, annotation):
+def cmd_aggregate(args, settings):
     from .profiles.aggregate import aggregate_plate
 
     outputs = {method: files[0] for method, files in _named(args.out, "--out", paths=1).items()}
     covariance = _read_list(args.covariance_features[0]) if args.covariance_features else None
-    aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, annotation, covariance)
+    aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, settings.annotation, covariance,
+                    settings.filtered_mean)
 
 
 def cmd_fit_sphering(args, settings):
@@ -184,6 +185,25 @@ def cmd_effective_rank(args, settings):
                           mean_features=_read_list(args.features), threads=args.threads)
 
 
+def cmd_saliency(args, settings):
+    from .evaluate.saliency import saliency_plate
+
+    saliency_plate(args.normalized, args.checkpoint, args.out_cells, args.out_correlation, args.plate, settings,
+                   threads=args.threads)
+
+
+def cmd_summarize_saliency(args, splits):
+    from .evaluate.saliency import summarize_saliency
+
+    summarize_saliency(args.correlation, args.out, splits)
+
+
+def cmd_saliency_debris(args, settings):
+    from .evaluate.saliency import debris_auroc
+
+    debris_auroc(args.saliency, args.debris, settings.splits, settings.annotation, args.out)
+
+
 def cmd_summarize(args, settings):
     from .evaluate.summarize import summarize_plates
 
@@ -232,6 +252,16 @@ def cmd_front_page(args, _):
     from .evaluate.front_page import write_front_page
 
     write_front_page(args.verdict, args.table, args.figure, args.out)
+def cmd_plot_saliency_correlation(args, _):
+    from .evaluate.plots import saliency_correlation_figure
+
+    saliency_correlation_figure(args.table, args.out)
+
+
+def cmd_plot_saliency_cells(args, settings):
+    from .evaluate.plots import saliency_cells_figure
+
+    saliency_cells_figure(args.saliency, args.normalized, args.table, args.out, settings, args.debris or ())
 
 
 def cmd_toy_data(args, spec):
@@ -253,6 +283,7 @@ def _settings_classes() -> dict:
     """Subcommand -> the settings dataclass its --params is read into (imported only when the CLI runs)."""
     from .evaluate.diagnostics import EffectiveRankSettings
     from .evaluate.retrieval import EvaluateSettings, PrCurveSettings
+    from .evaluate.saliency import DebrisSettings, SaliencyFigureSettings, SaliencySettings
     from .evaluate.sampling_sweep import SamplingSweepSettings
     from .evaluate.summarize import Splits, SummarizeSettings
     from .ingest.plate import IngestSettings
@@ -260,6 +291,7 @@ def _settings_classes() -> dict:
     from .model.train import TrainSettings
     from .preprocess.feature_select import CovarianceSettings, FeatureSelectSettings
     from .preprocess.normalize import NormalizeSettings
+    from .profiles.aggregate import AggregateSettings
     from .profiles.embed import EmbedSettings
     from .profiles.pipelines import PipelineSettings
     from .synthetic.screen import SyntheticSpec
@@ -270,11 +302,12 @@ def _settings_classes() -> dict:
         "normalize": NormalizeSettings, "select-features": FeatureSelectSettings, "pack-cells": Annotation,
         "train": TrainSettings, "train-on-means": TrainSettings, "embed": EmbedSettings,
         "covariance-features": CovarianceSettings, "fit-sphering": PipelineSettings, "profile-pipelines": PipelineSettings,
-        "harmony": PipelineSettings, "aggregate": Annotation, "evaluate": EvaluateSettings,
+        "harmony": PipelineSettings, "aggregate": AggregateSettings, "evaluate": EvaluateSettings,
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
-        "toy-data": ToySpec,
+        "toy-data": ToySpec, "saliency": SaliencySettings, "summarize-saliency": Splits,
+        "saliency-debris": DebrisSettings, "plot-saliency-cells": SaliencyFigureSettings,
     }
 
 
@@ -294,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     one = {"required": True}
     many = {"required": True, "nargs": "+"}
     named = {"action": "append", "nargs": "+", "metavar": ("NAME", "PATH")}  # --flag NAME PATH [PATH ...]
-    add("synthetic-plate", cmd_synthetic_plate, ("--plate", one), ("--out", one))
+    add("synthetic-plate", cmd_synthetic_plate, ("--plate", one), ("--out", one),
+        ("--out-debris", {"default": None, "help": "the side table of which objects are debris"}))
     add("synthetic-platemap", cmd_synthetic_platemap, ("--out", one))
     add("ingest", cmd_ingest, ("--source", one), ("--out", one), ("--plate", one))
     add("normalize", cmd_normalize, ("--src", one), ("--out", one))
@@ -323,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--features", one), ("--out-summary", one), ("--out-spectra", one))
     add("summarize", cmd_summarize, ("--ap", many), ("--out-csv", one), ("--out-md", one),
         ("--out-compounds", one), ("--out-verdict-csv", one), ("--out-verdict-md", one))
+    add("saliency", cmd_saliency, ("--normalized", one), ("--checkpoint", one), ("--out-cells", one),
+        ("--out-correlation", one), ("--plate", one))
+    add("summarize-saliency", cmd_summarize_saliency, ("--correlation", many), ("--out", one))
+    add("saliency-debris", cmd_saliency_debris, ("--saliency", many), ("--debris", many), ("--out", one))
     add("plot-map", cmd_plot_map, ("--table", one), ("--out", one))
     add("plot-training", cmd_plot_training, ("--training-log", one), ("--out", one))
     add("plot-cells-per-well", cmd_plot_cells_per_well, ("--profiles", many), ("--out", one))
@@ -330,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("plot-sampling-sweep", cmd_plot_sampling_sweep, ("--table", one), ("--profiles", many), ("--out", one))
     add("plot-effective-rank", cmd_plot_effective_rank, ("--summary", one), ("--spectra", one), ("--out", one))
     add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one))
+    add("plot-saliency-correlation", cmd_plot_saliency_correlation, ("--table", one), ("--out", one))
+    add("plot-saliency-cells", cmd_plot_saliency_cells, ("--saliency", many), ("--normalized", many), ("--table", one),
+        ("--debris", {"nargs": "*", "default": None, "help": "the synthetic screen's debris tables, if any"}), ("--out", one))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
     add("toy-summary", cmd_toy_summary, ("--ap", many), ("--out-md", one), ("--out-csv", one))

@@ -52,6 +52,12 @@ def check_config(config: dict) -> None:
                 path = plate_path(pattern, plate)
                 if not os.path.exists(path):
                     raise ConfigError(f"config key {key}: plate {plate!r} not found: {path} does not exist (dataset.path)")
+    filtered = config["evaluate"]["filtered_mean"]
+    if "filtered_mean" in config["evaluate"]["baselines"] and not filtered["lower_quantile"] < filtered["upper_quantile"]:
+        raise ConfigError(
+            f"config keys evaluate.filtered_mean.lower_quantile ({filtered['lower_quantile']}) and upper_quantile "
+            f"({filtered['upper_quantile']}): the lower quantile must be below the upper one"
+        )
     checkpoint = config["train"]["checkpoint"]
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise ConfigError(f"config key train.checkpoint: {checkpoint} does not exist")

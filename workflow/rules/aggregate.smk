@@ -11,7 +11,7 @@ rule aggregate:
     output:
         **{b: f"{R}/profiles/{b}/{{plate}}.parquet" for b in BASELINES},
     params:
-        settings=settings(**ANNOTATION),
+        settings=settings(annotation=ANNOTATION, filtered_mean=EVAL["filtered_mean"]),
     log:
         f"{R}/logs/aggregate/{{plate}}.log",
     benchmark:

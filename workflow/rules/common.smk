@@ -46,6 +46,9 @@ FILE_PROFILES = {k: mp for k, mp in PROFILES.items() if mp[1] not in PLATE_PIPEL
 SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
 # Precision-recall curves and effective ranks look at held-out plates (the training plates if there are none).
 DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
+SALIENCY = config["saliency"]
+# The synthetic screen's debris, a ground truth for the saliency (their side tables: synthetic/debris/)
+DEBRIS = SYNTHETIC and config["synthetic"]["debris_fraction"] > 0
 
 check_config(config)  # plates: disjoint, present on disk; settings that the schema cannot check
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
@@ -60,7 +63,7 @@ wildcard_constraints:
     plate=PLATE_NAME,
 
 
-# Train and embed hold a GPU where the config uses CUDA (gpu=1). "local": the cap of --resources gpu=N
+# Train, embed and saliency hold a GPU where the config uses CUDA (gpu=1). "local": the cap of --resources gpu=N
 # (profiles/default) counts only jobs run on this machine; jobs submitted to Slurm each get their own
 # card, so the main snakemake does not hold them back.
 resource_scopes:
@@ -68,12 +71,12 @@ resource_scopes:
 
 
 def use_gpu():
-    """``gpu=1`` for train/embed when config asks for CUDA, or for ``auto`` where a GPU driver is visible."""
+    """``gpu=1`` for train/embed/saliency when config asks for CUDA, or for ``auto`` where a GPU driver is visible."""
     device = config["train"]["device"]
     return device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None)
 
 
-# resources of train and embed: gpu=1 where they use one; nothing otherwise (one resource less per job to plan)
+# resources of train, embed and saliency: gpu=1 where they use one; nothing otherwise (one resource less per job to plan)
 GPU = {"gpu": 1} if use_gpu() else {}
 # The sweep and the effective-rank diagnostics run the model too, but are small: no GPU asked for (the
 # CPU, or a GPU where one is visible to the job anyway).
@@ -269,6 +272,12 @@ if SWEEP_SIZES:
 # The report's description (the Snakefile's report: directive), an output of the workflow: an absolute path,
 # since Snakemake resolves the directive against the Snakefile's folder.
 FRONT_PAGE = os.path.abspath(f"{R}/report/front_page.rst")
+SALIENCY_OUTPUTS = [
+    f"{R}/tables/saliency_feature_correlation.csv",
+    f"{R}/plots/saliency_feature_correlation.png",
+    f"{R}/plots/saliency_cells.png",
+    *([f"{R}/tables/saliency_debris_auroc.csv"] if DEBRIS else []),
+]
 
 
 def all_outputs():
@@ -281,6 +290,7 @@ def all_outputs():
         f"{R}/plots/cells_per_well.png",
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
         *EVALUATION_OUTPUTS,
+        *(SALIENCY_OUTPUTS if SALIENCY["enabled"] else []),
     ]
 
 

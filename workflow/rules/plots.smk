@@ -147,3 +147,48 @@ rule front_page:
     shell:
         "python -m cytoagg front-page --verdict {input.verdict:q} --table {input.table:q} --figure {input.figure:q} "
         "--out {output:q} 2> {log:q}"
+
+
+rule plot_saliency_correlation:
+    input:
+        f"{R}/tables/saliency_feature_correlation.csv",
+    output:
+        report(f"{R}/plots/saliency_feature_correlation.png", caption="../report/saliency_feature_correlation.rst",
+               category="Saliency"),
+    log:
+        f"{R}/logs/plot_saliency_correlation.log",
+    benchmark:
+        f"{R}/benchmarks/plot_saliency_correlation.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-saliency-correlation --table {input:q} --out {output:q} 2> {log:q}"
+
+
+rule plot_saliency_cells:
+    input:
+        saliency=expand(f"{R}/saliency/{{plate}}.parquet", plate=DIAGNOSTIC_PLATES),
+        normalized=expand(f"{R}/normalized/{{plate}}.parquet", plate=DIAGNOSTIC_PLATES),
+        table=f"{R}/tables/saliency_feature_correlation.csv",
+        # the synthetic screen's side tables of debris; none for a user's plates (--debris is then given no file)
+        debris=expand(f"{R}/synthetic/debris/{{plate}}.parquet", plate=DIAGNOSTIC_PLATES) if SYNTHETIC else [],
+    output:
+        report(f"{R}/plots/saliency_cells.png", caption="../report/saliency_cells.rst", category="Saliency"),
+    params:
+        settings=settings(annotation=ANNOTATION, plot_wells=SALIENCY["plot_wells"]),
+    log:
+        f"{R}/logs/plot_saliency_cells.log",
+    benchmark:
+        f"{R}/benchmarks/plot_saliency_cells.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_from_input(factor=2, floor=1000),
+        runtime=10,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg plot-saliency-cells --saliency {input.saliency:q} --normalized {input.normalized:q} "
+        "--table {input.table:q} --debris {input.debris:q} --out {output:q} --params {params.settings:q} 2> {log:q}"

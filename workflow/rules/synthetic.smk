@@ -3,7 +3,8 @@
 
 rule synthetic_plate:
     output:
-        f"{R}/synthetic/plates/{{plate}}.sqlite",
+        plate=f"{R}/synthetic/plates/{{plate}}.sqlite",
+        debris=f"{R}/synthetic/debris/{{plate}}.parquet",
     params:
         settings=settings(**config["synthetic"]),
     log:
@@ -16,7 +17,8 @@ rule synthetic_plate:
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        "python -m cytoagg synthetic-plate --plate {wildcards.plate:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg synthetic-plate --plate {wildcards.plate:q} --out {output.plate:q} "
+        "--out-debris {output.debris:q} --params {params.settings:q} 2> {log:q}"
 
 
 rule synthetic_platemap:

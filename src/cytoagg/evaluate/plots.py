@@ -91,7 +91,8 @@ def plot_cells_per_well(n_cells: pd.DataFrame, out) -> None:
     _save(fig, out)
 
 
-METHOD_LABELS = {"model": "model", "mean": "mean (BM)", "median": "median", "mean_std": "mean+std"}
+METHOD_LABELS = {"model": "model", "mean": "mean (BM)", "median": "median", "mean_std": "mean+std",
+                 "filtered_mean": "filtered mean"}
 
 
 def _method_order(methods) -> list[str]:
@@ -203,6 +204,69 @@ def plot_effective_rank(summary: pd.DataFrame, spectra: pd.DataFrame, out) -> No
     _save(fig, out)
 
 
+SALIENCY_LABELS = {"contribution": "V0: contribution (share of the well)", "gradient": "V1: gradient of the loss"}
+
+
+def plot_saliency_correlation(table: pd.DataFrame, out, top: int = 15) -> None:
+    """Per saliency, the ``top`` features most positively and most negatively correlated with it across a
+    well's cells (mean over every plate's wells: the table's ``all`` rows): Pearson bars, Spearman dots."""
+    overall = table[table["plate"] == "all"].dropna(subset=["pearson"])
+    names = [n for n in SALIENCY_LABELS if (overall["saliency"] == n).any()]
+    height = max(3.0, 0.17 * min(2 * top, overall.groupby("saliency").size().max() if len(overall) else 1) + 1.2)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(6.5 * max(len(names), 1), height), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        t = overall[overall["saliency"] == name].sort_values("pearson", ascending=False)
+        if len(t) > 2 * top:
+            t = pd.concat([t.head(top), t.tail(top)])
+        y = np.arange(len(t))[::-1]
+        ax.barh(y, t["pearson"], color=np.where(t["pearson"] >= 0, "C0", "C3"), alpha=0.8, label="Pearson")
+        ax.plot(t["spearman"], y, "k.", ms=4, label="Spearman")
+        ax.set_yticks(y)
+        ax.set_yticklabels(t["feature"], fontsize=7)
+        ax.axvline(0, color="0.3", lw=0.8)
+        if len(t) == 2 * top and len(overall[overall["saliency"] == name]) > 2 * top:
+            ax.axhline(top - 0.5, color="0.6", lw=0.8, ls=":")
+        ax.set_xlim(-1, 1)
+        ax.set_xlabel(f"correlation across a well's cells (mean over {int(t['n_wells'].max())} wells)")
+        ax.set_title(SALIENCY_LABELS[name], fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    if not names:
+        axes[0][0].text(0.5, 0.5, "no correlations (no well with enough cells)", ha="center", va="center")
+        axes[0][0].axis("off")
+    _save(fig, out)
+
+
+def plot_saliency_cells(examples: pd.DataFrame, out) -> None:
+    """Per example well (rows) and saliency (columns): each cell's saliency against the saliency's most
+    correlated feature; debris, where a debris table says which cells they are, as red crosses (and the well's
+    AUROC of cells against debris in the title)."""
+    from .saliency import well_auroc
+
+    wells = list(dict.fromkeys(zip(examples["plate"], examples["well"])))
+    names = [n for n in SALIENCY_LABELS if (examples["saliency"] == n).any()]
+    fig, axes = plt.subplots(max(len(wells), 1), max(len(names), 1), figsize=(4.6 * max(len(names), 1), 3.0 * max(len(wells), 1)),
+                             squeeze=False)
+    for i, (plate, well) in enumerate(wells):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            g = examples[(examples["plate"] == plate) & (examples["well"] == well) & (examples["saliency"] == name)]
+            debris = g["debris"].to_numpy() == 1.0
+            ax.scatter(g["value"][~debris], g["score"][~debris], s=8, alpha=0.7, color="C0", label="cells")
+            title = f"{plate} {well} ({g['perturbation'].iloc[0]}): {len(g)} objects, r = {g['pearson'].iloc[0]:.2f}"
+            if debris.any():
+                ax.scatter(g["value"][debris], g["score"][debris], s=12, marker="x", color="C3", label="debris")
+                ax.legend(fontsize=7)
+                title += f", AUROC cells vs debris {well_auroc(g['score'].to_numpy(), ~debris):.2f}"
+            ax.set_xlabel(f"{g['feature'].iloc[0]} (normalized)", fontsize=8)
+            ax.set_ylabel(SALIENCY_LABELS[name], fontsize=8)
+            ax.set_title(title, fontsize=8)
+    if not wells:
+        axes[0][0].text(0.5, 0.5, "no well to show", ha="center", va="center")
+        axes[0][0].axis("off")
+    fig.tight_layout()
+    _save(fig, out)
+
+
 # --- one function per figure of the report: read the figure's inputs, draw it (each is one CLI subcommand) ---
 
 
@@ -241,3 +305,16 @@ def sampling_sweep_figure(table_csv, profile_files, out, annotation: Annotation)
 
 def effective_rank_figure(summary_csv, spectra_csv, out) -> None:
     plot_effective_rank(pd.read_csv(summary_csv), pd.read_csv(spectra_csv), out)
+
+
+def saliency_correlation_figure(table_csv, out) -> None:
+    plot_saliency_correlation(pd.read_csv(table_csv), out)
+
+
+def saliency_cells_figure(saliency_files, normalized_files, table_csv, out, settings, debris_files=()) -> None:
+    """``settings``: :class:`~cytoagg.evaluate.saliency.SaliencyFigureSettings`."""
+    from .saliency import example_cells
+
+    examples = example_cells(saliency_files, normalized_files, pd.read_csv(table_csv), settings.annotation,
+                             settings.plot_wells, debris_files)
+    plot_saliency_cells(examples, out)

@@ -13,17 +13,28 @@ def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: flo
     averaged over anchors that have a positive (as pytorch-metric-learning's SupConLoss, which
     CytoSummaryNet used).
     """
+    per_anchor = supcon_anchor_losses(embeddings, labels, temperature)
+    return per_anchor[~torch.isnan(per_anchor)].mean()
+
+
+def supcon_anchor_losses(
+    embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, detach_candidates: bool = False
+) -> torch.Tensor:
+    """Each anchor's term of :func:`supcon_loss` (NaN for an anchor without a positive).
+
+    ``detach_candidates``: the other embeddings are constants in each anchor's term, so the gradient of the
+    sum of the terms with respect to embedding i is that of anchor i's own term alone.
+    """
     z = F.normalize(embeddings.float(), dim=1)
-    logits = z @ z.T / temperature
+    logits = z @ (z.detach() if detach_candidates else z).T / temperature
     n = logits.shape[0]
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     pos = (labels[:, None] == labels[None, :]) & ~self_mask
     n_pos = pos.sum(dim=1)
-    has_pos = n_pos > 0
-    mean_log_prob_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)[has_pos] / n_pos[has_pos]
-    return -mean_log_prob_pos.mean()
+    sum_log_prob_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    return torch.where(n_pos > 0, -(sum_log_prob_pos / n_pos.clamp(min=1)), float("nan"))
 
 
 def triplet_margin_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:

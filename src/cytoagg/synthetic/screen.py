@@ -13,6 +13,12 @@ Plates add batch effects (per-feature offsets and gains, a row gradient), wells 
 shift, and cell counts vary per well (a negative binomial with some sparse wells). Compound effects
 are fixed by ``seed``; each plate draws its own cells from ``seed`` and the plate name, so adding a
 plate never changes the others.
+
+With ``debris_fraction`` > 0, every well (controls too) also holds debris: small, dim objects that carry no
+compound information (a DMSO-like cell state, no well effect, their size and intensity features 3 sd below
+the cells'; how many a well holds varies from well to well, whatever its compound). They are drawn from a random stream of their own, so the real cells are the same with or
+without debris (and a fraction of 0 draws nothing: the plates do not change). Which objects are debris is
+written to a side table (:func:`write_debris_table`), never into the features.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..io.columns import well_names
 from ..io.files import atomic_path
@@ -58,6 +66,9 @@ _COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 # The metadata columns of an ingested synthetic plate: Per_Image's, then the platemap's annotations.
 METADATA_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_broad_sample",
                     "Metadata_compound_kind", "Metadata_control_type")
+# What makes debris small and dim: these measurements sit DEBRIS_SHIFT sd below the cells' (the others do not).
+_DEBRIS_LOW = ("AreaShape_Area", "AreaShape_Perimeter", "AreaShape_MajorAxisLength", "Intensity_")
+DEBRIS_SHIFT = 3.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class SyntheticSpec(Settings):
     effect_size: float
     well_noise: float
     plate_effect: float
+    debris_fraction: float  # expected share of a well's objects that are debris
     seed: int
 
 
@@ -196,6 +208,12 @@ def _latent_cells(effect, n: int, k: int, rng: np.random.Generator) -> np.ndarra
 
 def simulate_plate(spec: SyntheticSpec, plate: str) -> pd.DataFrame:
     """Cells of one plate: a ``well`` column and one column per feature (in ``feature_names`` order)."""
+    return simulate_objects(spec, plate)[0]
+
+
+def simulate_objects(spec: SyntheticSpec, plate: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The objects of one plate (as :func:`simulate_plate`: real cells, then each well's debris after its
+    cells) and which of them are debris, (n_objects,) bool."""
     world = _world(spec)
     rng = np.random.default_rng(_plate_seed(spec.seed, plate))
     pm = platemap(spec)
@@ -203,7 +221,9 @@ def simulate_plate(spec: SyntheticSpec, plate: str) -> pd.DataFrame:
     gain = np.exp(rng.normal(0.0, 0.1 * spec.plate_effect, n_feat))
     offset = rng.normal(0.0, spec.plate_effect, n_feat)
     counts = _cells_per_well(spec, len(pm), rng)
-    blocks, wells = [], []
+    # debris come from a stream of their own: the cells are the same with or without them
+    debris_rng = np.random.default_rng(_plate_seed(spec.seed, f"{plate}:debris")) if spec.debris_fraction > 0 else None
+    blocks, wells, debris = [], [], []
     for (well, sample), n in zip(pm[["well_position", "broad_sample"]].itertuples(index=False), counts):
         effect = world.effects.get(sample, ("inactive", None))
         z = _latent_cells(effect, int(n), spec.n_latent, rng)
@@ -211,16 +231,41 @@ def simulate_plate(spec: SyntheticSpec, plate: str) -> pd.DataFrame:
         row = ord(well[0]) - ord("A")
         z[:, 0] += 0.3 * spec.plate_effect * (row / 15 - 0.5)  # plate row gradient
         x = z @ world.loadings + rng.normal(0.0, spec.feature_noise, (int(n), n_feat))
+        if debris_rng is not None:
+            x = np.vstack([x, _debris(spec, world, int(n), debris_rng)])
         blocks.append(world.base_offset + world.base_scale * (gain * x + offset))
-        wells.extend([well] * int(n))
+        wells.extend([well] * len(x))
+        debris.extend([False] * int(n) + [True] * (len(x) - int(n)))
     cells = pd.DataFrame(np.vstack(blocks).astype(np.float64))
     cells.insert(0, "well", wells)
-    return cells
+    return cells, np.asarray(debris, dtype=bool)
 
 
-def write_cellprofiler_sqlite(spec: SyntheticSpec, plate: str, out: str | Path, sites_per_well: int = 4) -> dict:
-    """Write one plate as CellProfiler's ExportToDatabase does (Per_Image, Per_Cells, Per_Cytoplasm, Per_Nuclei)."""
-    cells = simulate_plate(spec, plate)
+def _debris(spec: SyntheticSpec, world: _World, n_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """A well's debris, as latent-space features (before the plate's gain and offset).
+
+    How much debris a well holds depends on the well, not on its compound: its share of the well's objects is
+    drawn from a Beta distribution of mean ``debris_fraction`` (concentration 4, at most 0.9), and the count
+    from a Poisson of that mean. Each is a DMSO-like state with no well effect, its size and intensity features
+    ``DEBRIS_SHIFT`` sd (of the cells') below the cells' mean.
+    """
+    f = spec.debris_fraction
+    share = min(rng.beta(4 * f, 4 * (1 - f)), 0.9)
+    n = rng.poisson(n_cells * share / (1.0 - share))
+    x = rng.normal(size=(n, spec.n_latent)) @ world.loadings + rng.normal(0.0, spec.feature_noise, (n, world.loadings.shape[1]))
+    names = [name for names in feature_names(spec).values() for name in names]
+    low = np.array([any(m in name for m in _DEBRIS_LOW) for name in names])
+    sd = np.sqrt((world.loadings**2).sum(axis=0) + spec.feature_noise**2)  # of the cells' x, per feature
+    x[:, low] = sd[low] * (-DEBRIS_SHIFT + 0.3 * rng.normal(size=(n, int(low.sum()))))
+    return x
+
+
+def write_cellprofiler_sqlite(
+    spec: SyntheticSpec, plate: str, out: str | Path, debris_out: str | Path | None = None, sites_per_well: int = 4
+) -> dict:
+    """Write one plate as CellProfiler's ExportToDatabase does (Per_Image, Per_Cells, Per_Cytoplasm, Per_Nuclei),
+    and, when ``debris_out`` is given, which of its objects are debris (:func:`write_debris_table`)."""
+    cells, debris = simulate_objects(spec, plate)
     names = feature_names(spec)
     rng = np.random.default_rng(_plate_seed(spec.seed, plate) + 1)
     wells = cells.pop("well").to_numpy()
@@ -232,6 +277,7 @@ def write_cellprofiler_sqlite(spec: SyntheticSpec, plate: str, out: str | Path, 
     order = np.lexsort((np.arange(len(wells)), image_of_cell))
     image_of_cell = image_of_cell[order]
     x = cells.to_numpy()[order]
+    debris = debris[order]
     obj = np.ones(len(order), dtype=np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(image_of_cell)) + 1]
     for s, e in zip(starts, np.r_[starts[1:], len(order)]):
@@ -265,7 +311,27 @@ def write_cellprofiler_sqlite(spec: SyntheticSpec, plate: str, out: str | Path, 
             con.commit()
         finally:
             con.close()
-    return {"plate": plate, "n_cells": int(len(order)), "n_images": int(len(images))}
+    if debris_out is not None:
+        write_debris_table(plate, wells[order], image_of_cell, obj, debris, debris_out)
+    return {"plate": plate, "n_cells": int(len(order)), "n_images": int(len(images)), "n_debris": int(debris.sum())}
+
+
+DEBRIS_COLUMN = "debris"
+
+
+def write_debris_table(plate: str, wells, image_number, object_number, debris, out: str | Path) -> None:
+    """The ground truth of the debris, one row per object of the plate: ``Metadata_Plate``, ``Metadata_Well``,
+    ``Metadata_ImageNumber`` and ``Metadata_ObjectNumber`` (as ingest writes them: the Cells object number) and
+    ``debris`` (bool). A side table: the plate's features never say which objects are debris."""
+    table = pa.table({
+        "Metadata_Plate": pa.array([plate] * len(debris), pa.string()),
+        "Metadata_Well": pa.array(np.asarray(wells).astype(str), pa.string()),
+        "Metadata_ImageNumber": pa.array(np.asarray(image_number).astype(np.int64).astype(str), pa.string()),
+        "Metadata_ObjectNumber": pa.array(np.asarray(object_number).astype(np.int64).astype(str), pa.string()),
+        DEBRIS_COLUMN: pa.array(np.asarray(debris, dtype=bool)),
+    })
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_platemap(spec: SyntheticSpec, out: str | Path) -> None:
