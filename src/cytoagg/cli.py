@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .io.files import InputError
+from .io.files import InputError, read_names
 from .settings import read_params
 
 logger = logging.getLogger("cytoagg")
@@ -88,7 +88,14 @@ def cmd_normalize(args, settings):
 def cmd_select_features(args, settings):
     from .preprocess.feature_select import fit_feature_selection
 
-    logger.info("kept %d features", len(fit_feature_selection(args.plates, args.out, settings)))
+    candidates = read_names(args.candidates[0]) if args.candidates else None
+    logger.info("kept %d features", len(fit_feature_selection(args.plates, args.out, settings, candidates=candidates)))
+
+
+def cmd_common_features(args, _):
+    from .preprocess.common_features import common_features
+
+    logger.info("%d common features", len(common_features(args.plates, args.out, args.out_dropped)))
 
 
 def cmd_covariance_features(args, settings):
@@ -304,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("synthetic-platemap", cmd_synthetic_platemap, ("--out", one))
     add("ingest", cmd_ingest, ("--source", one), ("--out", one), ("--plate", one))
     add("normalize", cmd_normalize, ("--src", one), ("--out", one))
-    add("select-features", cmd_select_features, ("--plates", many), ("--out", one))
+    add("select-features", cmd_select_features, ("--plates", many), ("--out", one),
+        ("--candidates", {"nargs": "*", "default": [], "help": "a file of the features to choose from (features: common)"}))
+    add("common-features", cmd_common_features, ("--plates", many), ("--out", one), ("--out-dropped", one))
     add("covariance-features", cmd_covariance_features, ("--plates", many), ("--features", one), ("--out", one))
     add("pack-cells", cmd_pack_cells, ("--normalized", one), ("--features", one), ("--out", one), ("--plate", one))
     add("train", cmd_train, ("--cell-stores", many), ("--features", one), ("--out-model", one), ("--out-log", one))
