@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .io.files import InputError, read_names
+from .progress import console_progress
 from .settings import read_params
 
 logger = logging.getLogger("cytoagg")
@@ -244,7 +245,18 @@ def cmd_plot_effective_rank(args, _):
 def cmd_front_page(args, _):
     from .evaluate.front_page import write_front_page
 
-    write_front_page(args.verdict, args.table, args.figure, args.out)
+    write_front_page(args.verdict, args.table, args.figure, args.out, args.config_note)
+
+
+def cmd_init(args, _):
+    from .init_config import init_config
+
+    text = init_config(args.pattern, args.out, fmt=args.format, compartments=args.compartments, platemap=args.platemap,
+                       barcode_platemap=args.barcode_platemap, platemap_dir=args.platemap_dir, results=args.results,
+                       force=args.force)
+    questions = text.count("# QUESTION:")
+    print(f"wrote {args.out}" + (f": {questions} question(s) in it to check" if questions else "")
+          + f". Then: snakemake --cores 2 --configfile {args.out}")
 
 
 def cmd_toy_data(args, spec):
@@ -344,7 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("plot-pr-curves", cmd_plot_pr_curves, ("--profiles", {**named, "required": True}), ("--out", one))
     add("plot-sampling-sweep", cmd_plot_sampling_sweep, ("--table", one), ("--profiles", many), ("--out", one))
     add("plot-effective-rank", cmd_plot_effective_rank, ("--summary", one), ("--spectra", one), ("--out", one))
-    add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one))
+    add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one),
+        ("--config-note", {"default": "", "help": "a line saying which config files the run used"}))
+    add("init", cmd_init,
+        ("pattern", {"help": "where each plate's data is, with {plate} for its name, e.g. 'data/{plate}.sqlite'"}),
+        ("--out", {"required": True, "help": "the config file to write (not overwritten without --force)"}),
+        ("--force", {"action": "store_true", "help": "overwrite --out"}),
+        ("--format", {"default": "auto", "choices": ["auto", "sqlite", "csv", "parquet"]}),
+        ("--compartments", {"nargs": "+", "default": ["Cells", "Cytoplasm", "Nuclei"]}),
+        ("--platemap", {"default": None, "help": "one platemap (well_position + annotations) for every plate"}),
+        ("--barcode-platemap", {"default": None, "help": "profiling-recipe barcode_platemap.csv (with --platemap-dir)"}),
+        ("--platemap-dir", {"default": None, "help": "the folder of <Plate_Map_Name>.txt|csv files"}),
+        ("--results", {"default": "results", "help": "results folder written into the config"}))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
     add("toy-summary", cmd_toy_summary, ("--ap", {**named, "required": True}), ("--out-md", one), ("--out-csv", one))
@@ -364,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         params = read_params(args.params)
         if cls is None and params:
             raise InputError(f"{args.command} takes no --params (got {sorted(params)})")
-        args.func(args, None if cls is None else cls.from_params(params, f"{args.command} --params"))
+        with console_progress(args):  # warnings and progress on the console too, under the workflow
+            args.func(args, None if cls is None else cls.from_params(params, f"{args.command} --params"))
     except InputError as e:
         logger.error("%s", e)
         return 2

@@ -20,6 +20,9 @@ from snakemake.logging import logger
 import cytoagg
 from cytoagg.cli import named_file_args
 from cytoagg.config_sources import COMMAND_LINE, config_sources, describe_sources
+from cytoagg.evaluate.front_page import KEY_CATEGORY as KEY_RESULTS
+from cytoagg.evaluate.summarize import config_design_notes
+from cytoagg.progress import CONSOLE_FD_ENV
 from cytoagg.config import PLATE_NAME, check_config, check_first_plate_columns, plate_path, resolve_platemaps
 from cytoagg.profiles.pipelines import profile_key
 
@@ -34,8 +37,12 @@ CONFIG_SOURCES = config_sources(
 )
 CONFIG_USED = f"{R}/config_used.yaml"
 logger.info(describe_sources(CONFIG_FILES, DEMO_CONFIG, CONFIG_SOURCES, CONFIG_USED))
-# (doubled braces: Snakemake formats the prefix like the command)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# (doubled braces: Snakemake formats the prefix like the command). File descriptor 3 keeps the console (the job's
+# stderr before a rule sends it to its log): steps write their warnings and progress there (cytoagg.progress).
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"exec 3>&2; export {CONSOLE_FD_ENV}=3; "
+)
 ENVS = os.path.join(workflow.basedir, "envs")
 EXPERIMENT = config.get("experiment")  # a model-capacity toy experiment (experiments/*.yaml) instead of the screen
 TOY = f"{R}/toy"
