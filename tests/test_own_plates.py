@@ -43,10 +43,11 @@ def write_screen(data: Path) -> dict[str, list[str]]:
     return features
 
 
-def test_init_then_run_to_the_report(tmp_path):
+def test_init_then_run_to_the_report(tmp_path, monkeypatch):
     wd = copy_workflow(tmp_path)
     features = write_screen(wd / "data")
-    assert main(["init", "data/{plate}.parquet", "--out", str(wd / "mine.yaml")]) == 0
+    monkeypatch.chdir(wd)  # where the user runs `cytoagg init` and then snakemake
+    assert main(["init", "data/{plate}.parquet", "--out", "mine.yaml"]) == 0
     config = yaml.safe_load((wd / "mine.yaml").read_text())
     assert config["dataset"]["features"] == "common" and config["normalize"]["method"] == "none"
     assert config["metadata"]["perturbation"] == "Metadata_broad_sample" and config["metadata"]["negcon_value"] == "DMSO"

@@ -267,3 +267,32 @@ def test_own_plates_barcode_platemaps_and_split_reference_are_planned_per_plate(
     assert evaluate["PA"]["model__raw"] == [f"results/profiles/model/{p}.parquet" for p in ("PA", "PB")]
     assert evaluate["PA"]["mean__negcon_mad"] == [f"results/pipelines/negcon_mad/mean/{p}.parquet" for p in ("PA", "PB")]
     assert evaluate["PC"]["model__raw"] == ["results/profiles/model/PC.parquet"]
+
+
+def test_a_configfile_starts_from_the_schema_not_from_the_demo(tmp_path):
+    """The demo config.yaml is read only without --configfile; the log line says which files were read."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    wd = copy_workflow(tmp_path)
+    (wd / "mine.yaml").write_text(yaml.safe_dump({"plates": {"train": ["P1", "P2"], "validation": ["P3"]},
+                                                  "train": {"epochs": 3}}))
+
+    def train_settings(*args):
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", *args], cwd=wd, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = proc.stdout + proc.stderr
+        line = next(l for l in out.splitlines() if "python -m cytoagg train --cell-stores" in l)
+        return json.loads(line.split("--params ")[1].split(" 2>")[0].strip("'")), out
+
+    demo, out = train_settings()
+    assert "cytoagg config: config.yaml (the demo config: read because no --configfile was given)" in out
+    assert (demo["epochs"], demo["lr"], demo["cells_mean"]) == (40, 0.001, 100)  # the demo's scaled-down sizes
+    mine, out = train_settings("--configfile", "mine.yaml")
+    assert "cytoagg config: mine.yaml (the demo config.yaml is not read when --configfile is given)" in out
+    assert (mine["epochs"], mine["lr"], mine["cells_mean"]) == (3, 0.0005, 1500)  # the schema's defaults otherwise
+    assert "P5" not in out  # the demo's validation plates are not inherited

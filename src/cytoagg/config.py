@@ -30,9 +30,18 @@ def check_plate_name(name: str, key: str) -> None:
         )
 
 
-def check_config(config: dict) -> None:
+def check_config(config: dict, defaulted: frozenset[str] | set[str] = frozenset()) -> None:
+    """``defaulted``: the dotted keys that took the schema's default (none given in a config file or --config)."""
     _check_results(config["results"])
     train, validation = config["plates"]["train"], config["plates"]["validation"]
+    if config["dataset"]["path"] is not None and not config.get("experiment"):
+        for key, plates in (("plates.train", train), ("plates.validation", validation)):
+            if key in defaulted:
+                raise ConfigError(
+                    f"config key {key} is not set, so it is the built-in synthetic screen's {plates}, but dataset.path "
+                    f"names your plates: list them in {key}" + (" ([] for none)" if key == "plates.validation" else "")
+                    + "; `cytoagg init <data path pattern>` writes both lists"
+                )
     for key, plates in (("plates.train", train), ("plates.validation", validation)):
         for plate in plates:
             check_plate_name(plate, key)

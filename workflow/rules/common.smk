@@ -20,6 +20,7 @@ from snakemake.logging import logger
 import cytoagg
 from cytoagg.cli import named_file_args
 from cytoagg.config_sources import COMMAND_LINE, config_sources, describe_sources
+from cytoagg.config_sources import DEFAULT as SCHEMA_DEFAULT
 from cytoagg.evaluate.front_page import KEY_CATEGORY as KEY_RESULTS
 from cytoagg.evaluate.summarize import config_design_notes
 from cytoagg.progress import CONSOLE_FD_ENV
@@ -66,7 +67,8 @@ SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
 # Precision-recall curves and effective ranks look at held-out plates (the training plates if there are none).
 DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
 
-check_config(config)  # plates: disjoint, present on disk; settings that the schema cannot check
+# plates: listed for a dataset of one's own, disjoint, present on disk; settings that the schema cannot check
+check_config(config, defaulted={key for key, source in CONFIG_SOURCES.items() if source == SCHEMA_DEFAULT})
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
 if not EXPERIMENT:
     check_first_plate_columns(config, PLATEMAPS)  # the metadata settings against the first plate's columns

@@ -6,9 +6,8 @@ rule config_used:
     output:
         CONFIG_USED,
     params:
-        # a rerun trigger: any changed value (or source) rewrites the file
-        config=json.dumps(config, sort_keys=True),
-        sources=json.dumps(CONFIG_SOURCES, sort_keys=True),
+        # a rerun trigger: any changed value (or source) rewrites the file (braces escaped, as every settings JSON)
+        settings=settings(config=config, sources=CONFIG_SOURCES),
     log:
         f"{R}/logs/config_used.log",
     benchmark:
