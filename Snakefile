@@ -6,16 +6,23 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo config (the built-in synthetic screen, scaled down for 2 CPU cores) is read only when no --configfile
+# is given: a config of one's own starts from the schema's defaults, never from the demo's plates and sizes.
+# Several --configfile are applied in order, and --config last. common.smk logs which files were read.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/config_sources.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/normalize.smk"
+include: "workflow/rules/common_features.smk"
 include: "workflow/rules/feature_select.smk"
 include: "workflow/rules/cellstore.smk"
 include: "workflow/rules/train.smk"

@@ -77,7 +77,8 @@ def toy_spec(**overrides) -> ToySpec:
 def ingest_settings(**overrides) -> IngestSettings:
     d = defaults("dataset")
     values = dict(annotation=annotation(), format=d["format"], platemap=None, compartments=d["compartments"],
-                  hub=d["hub"], links=d["links"], features=d["features"], blocklist=d["blocklist"], max_cells_without_image=d["max_cells_without_image"],
+                  hub=d["hub"], links=d["links"], features_file=d["features_file"], blocklist=d["blocklist"],
+                  max_cells_without_image=d["max_cells_without_image"],
                   require_negcon=True)
     return IngestSettings(**{**values, **overrides})
 
@@ -186,17 +187,17 @@ def assert_same_results(wd: Path, reference: Path) -> None:
         pd.testing.assert_frame_equal(pd.read_parquet(got / rel), pd.read_parquet(ref / rel), check_exact=True)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", "tiny.yaml"]  # last: it takes several values
+def snakemake(workdir: Path, *args: str, check: bool = True, configfiles=("tiny.yaml",)) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", *configfiles]  # last: it takes several values
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, configfiles=("tiny.yaml",)) -> dict[str, int]:
     """Jobs a dry run would run: rule -> count (from the job stats table)."""
-    out = snakemake(workdir, *args, "-n", "--quiet", "rules").stdout
+    out = snakemake(workdir, *args, "-n", "--quiet", "rules", configfiles=configfiles).stdout
     jobs = {}
     for line in out.splitlines():
         parts = line.split()

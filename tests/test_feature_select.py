@@ -185,3 +185,47 @@ def test_blocklist_from_a_file(tmp_path):
     assert set(feature_columns(df.columns)) - set(kept) == {"Cells_Base_1", "Cells_Base_2"}
     with pytest.raises(InputError, match="not found"):
         select_features(df, None, ["blocklist"], blocklist=tmp_path / "missing.txt")
+
+
+# --- dataset.features: common --------------------------------------------------------------------
+
+
+def test_common_features_of_the_real_fibrosis_plates(tmp_path, caplog):
+    """4 real plates feature-selected upstream one by one: 621 to 664 non-metadata columns each, 474 on all
+    (SOURCE.md); one of those is a CellProfiler position (Cytoplasm_Location_MaxIntensity_Y_Actin), not a feature."""
+    from cytoagg.io.parquet import parquet_columns
+    from cytoagg.preprocess.common_features import common_features
+
+    plates = fibrosis_plates()
+    with caplog.at_level(logging.INFO, logger="cytoagg.preprocess.common_features"):
+        common = common_features(plates, tmp_path / "common.txt", tmp_path / "dropped.csv")
+    per_plate = {p.name.removesuffix(".parquet"): feature_columns(parquet_columns(p)) for p in plates}
+    assert len(common) == 473 and (tmp_path / "common.txt").read_text().splitlines() == common
+    assert common == [f for f in per_plate[plates[0].stem] if all(f in v for v in per_plate.values())]
+    dropped = pd.read_csv(tmp_path / "dropped.csv")
+    assert dropped.groupby("plate").size().to_dict() == {p: len(v) - 473 for p, v in per_plate.items()}
+    assert dropped.n_plates_with_it.between(1, 3).all()
+    for plate, names in per_plate.items():  # one line per plate in the log, naming what it loses
+        assert f"{plate}: {len(names) - 473} of its {len(names)} features are not on every plate" in caplog.text
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "features common to all 4 plates: 473 (plates have 620 to 663)" in warning[0]
+
+
+def test_no_common_feature_is_an_input_error(tmp_path):
+    from cytoagg.preprocess.common_features import common_features
+
+    a, b = synthetic_cells()[["Cells_Base_0"]], synthetic_cells()[["Cells_Base_1"]]
+    for name, df in (("a", a), ("b", b)):
+        write_profiles(df.assign(Metadata_Plate=name), tmp_path / f"{name}.parquet")
+    with pytest.raises(InputError, match="no feature is common to all 2 plates"):
+        common_features([tmp_path / "a.parquet", tmp_path / "b.parquet"], tmp_path / "c.txt", tmp_path / "d.csv")
+    assert not (tmp_path / "c.txt").exists()
+
+
+def test_selection_chooses_among_the_candidates(tmp_path, training_plates):
+    """features: common: feature selection never picks a feature outside the candidates (those of every plate)."""
+    candidates = ["Cells_Base_0", "Cells_Base_1", "Cells_Base_2", "Cytoplasm_Copy_0", "Nuclei_Sum_01"]
+    kept = fit_feature_selection(training_plates, tmp_path / "f.txt", feature_select_settings(), candidates=candidates)
+    assert kept and set(kept) <= set(candidates)
+    pooled = pd.concat([pd.read_parquet(p) for p in training_plates], ignore_index=True)
+    assert kept == pycytominer_kept(pooled, [f for f in feature_columns(pooled.columns) if f in candidates], OPERATIONS)

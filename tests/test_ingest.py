@@ -182,9 +182,15 @@ def test_platemap_mismatches_are_reported(tmp_path, caplog):
     assert "G08" in messages and "C07" in messages
 
 
+def features_file(path: Path, names: list[str]) -> str:
+    path.write_text("# features to ingest\n\n" + "".join(f"{n}\n" for n in names))
+    return str(path)
+
+
 def test_explicit_features_and_blocklist(tmp_path):
     keep = ["Nuclei_AreaShape_Area", "Cells_AreaShape_Area", "Cells_AreaShape_Perimeter"]
-    summary = ingest_nf1(tmp_path / "plate.parquet", features=keep, blocklist=["Cells_AreaShape_Perimeter"])
+    summary = ingest_nf1(tmp_path / "plate.parquet", features_file=features_file(tmp_path / "keep.txt", keep),
+                         blocklist=["Cells_AreaShape_Perimeter"])
     names = pq.read_schema(tmp_path / "plate.parquet").names
     assert [n for n in names if not n.startswith("Metadata_")] == keep[:2]
     assert summary["dropped_features"]["blocklist"] == ["Cells_AreaShape_Perimeter"]
@@ -325,8 +331,15 @@ def test_missing_well_column_parquet(tmp_path):
 
 
 def test_missing_explicit_feature(tmp_path):
-    assert_rejected(NF1_SQLITE, tmp_path / "out.parquet", "Cells_AreaShape_NotThere",
-                    features=["Cells_AreaShape_Area", "Cells_AreaShape_NotThere"])
+    names = features_file(tmp_path / "keep.txt", ["Cells_AreaShape_Area", "Cells_AreaShape_NotThere"])
+    assert_rejected(NF1_SQLITE, tmp_path / "out.parquet", "Cells_AreaShape_NotThere", features_file=names)
+
+
+def test_empty_features_file(tmp_path):
+    names = features_file(tmp_path / "e.txt", [])
+    with pytest.raises(InputError, match=f"{names}: the list is empty"):
+        ingest(NF1_SQLITE, tmp_path / "out.parquet", "001", features_file=names)
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_missing_compartment_csv(jump_folder, tmp_path):

@@ -317,6 +317,38 @@ def test_bad_settings_are_input_errors(tmp_path, kwargs, match):
         normalize(src, tmp_path / "out.parquet", **kwargs)
 
 
+def test_method_none_keeps_every_value_and_feature(tmp_path, caplog):
+    """Plates normalized upstream: values as ingested (float32), constant and all-NaN features kept, bookkeeping
+    left out, +-inf read as NaN as every method does; streamed in small memory to the same file."""
+    df = synthetic_plate(constant=True, nan_fraction=0.01)
+    df["Cells_Texture_AllNaN"] = np.nan
+    df.loc[5, "Cells_Intensity_F01"] = np.inf
+    df["Cells_Number_Object_Number"] = np.arange(len(df), dtype=float)
+    src = write_plate(df, tmp_path / "plate.parquet", row_group_size=70)
+    with caplog.at_level(logging.INFO, logger="cytoagg.preprocess.normalize"):
+        summary = normalize(src, tmp_path / "out.parquet", method="none", memory_mb=0.05)
+    features = feature_columns(df.columns)
+    meta, y, names = read_profiles(tmp_path / "out.parquet")
+    assert names == features and summary["dropped_features"] == [] and summary["n_fit_cells"] == 0
+    expected = df[features].to_numpy(np.float32)
+    expected[np.isinf(expected)] = np.nan
+    np.testing.assert_array_equal(y, expected)
+    pd.testing.assert_frame_equal(meta, df[metadata_columns(df.columns)].reset_index(drop=True), check_dtype=False)
+    assert "method none" in caplog.text
+    normalize(src, tmp_path / "centered.parquet", method="none", well_center=True)
+    _, centered, _ = read_profiles(tmp_path / "centered.parquet", features[:3])
+    means = pd.DataFrame(centered).groupby(df["Metadata_Well"].to_numpy()).mean()
+    np.testing.assert_allclose(means.to_numpy(), 0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [dict(samples=NEGCON), dict(epsilon=1e-6)])
+def test_method_none_refuses_settings_it_would_ignore(tmp_path, kwargs):
+    src = write_plate(synthetic_plate(), tmp_path / "plate.parquet")
+    with pytest.raises(InputError, match="method none"):
+        normalize(src, tmp_path / "out.parquet", method="none", **kwargs)
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     src = write_plate(synthetic_plate(n_cells=1000), tmp_path / "plate.parquet", row_group_size=100)
     out = tmp_path / "out.parquet"

@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from .io.files import InputError
+from .io.files import InputError, read_names
+from .progress import console_progress
 from .settings import read_params
 
 logger = logging.getLogger("cytoagg")
@@ -88,7 +89,14 @@ def cmd_normalize(args, settings):
 def cmd_select_features(args, settings):
     from .preprocess.feature_select import fit_feature_selection
 
-    logger.info("kept %d features", len(fit_feature_selection(args.plates, args.out, settings)))
+    candidates = read_names(args.candidates[0]) if args.candidates else None
+    logger.info("kept %d features", len(fit_feature_selection(args.plates, args.out, settings, candidates=candidates)))
+
+
+def cmd_common_features(args, _):
+    from .preprocess.common_features import common_features
+
+    logger.info("%d common features", len(common_features(args.plates, args.out, args.out_dropped)))
 
 
 def cmd_covariance_features(args, settings):
@@ -251,7 +259,9 @@ def cmd_plot_effective_rank(args, _):
 def cmd_front_page(args, _):
     from .evaluate.front_page import write_front_page
 
-    write_front_page(args.verdict, args.table, args.figure, args.out)
+    write_front_page(args.verdict, args.table, args.figure, args.out, args.config_note)
+
+
 def cmd_plot_saliency_correlation(args, _):
     from .evaluate.plots import saliency_correlation_figure
 
@@ -262,6 +272,17 @@ def cmd_plot_saliency_cells(args, settings):
     from .evaluate.plots import saliency_cells_figure
 
     saliency_cells_figure(args.saliency, args.normalized, args.table, args.out, settings, args.debris or ())
+
+
+def cmd_init(args, _):
+    from .init_config import init_config
+
+    text = init_config(args.pattern, args.out, fmt=args.format, compartments=args.compartments, platemap=args.platemap,
+                       barcode_platemap=args.barcode_platemap, platemap_dir=args.platemap_dir, results=args.results,
+                       force=args.force)
+    questions = text.count("# QUESTION:")
+    print(f"wrote {args.out}" + (f": {questions} question(s) in it to check" if questions else "")
+          + f". Then: snakemake --cores 2 --configfile {args.out}")
 
 
 def cmd_toy_data(args, spec):
@@ -332,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("synthetic-platemap", cmd_synthetic_platemap, ("--out", one))
     add("ingest", cmd_ingest, ("--source", one), ("--out", one), ("--plate", one))
     add("normalize", cmd_normalize, ("--src", one), ("--out", one))
-    add("select-features", cmd_select_features, ("--plates", many), ("--out", one))
+    add("select-features", cmd_select_features, ("--plates", many), ("--out", one),
+        ("--candidates", {"nargs": "*", "default": [], "help": "a file of the features to choose from (features: common)"}))
+    add("common-features", cmd_common_features, ("--plates", many), ("--out", one), ("--out-dropped", one))
     add("covariance-features", cmd_covariance_features, ("--plates", many), ("--features", one), ("--out", one))
     add("pack-cells", cmd_pack_cells, ("--normalized", one), ("--features", one), ("--out", one), ("--plate", one))
     add("train", cmd_train, ("--cell-stores", many), ("--features", one), ("--out-model", one), ("--out-log", one))
@@ -367,10 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("plot-pr-curves", cmd_plot_pr_curves, ("--profiles", {**named, "required": True}), ("--out", one))
     add("plot-sampling-sweep", cmd_plot_sampling_sweep, ("--table", one), ("--profiles", many), ("--out", one))
     add("plot-effective-rank", cmd_plot_effective_rank, ("--summary", one), ("--spectra", one), ("--out", one))
-    add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one))
+    add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one),
+        ("--config-note", {"default": "", "help": "a line saying which config files the run used"}))
     add("plot-saliency-correlation", cmd_plot_saliency_correlation, ("--table", one), ("--out", one))
     add("plot-saliency-cells", cmd_plot_saliency_cells, ("--saliency", many), ("--normalized", many), ("--table", one),
         ("--debris", {"nargs": "*", "default": None, "help": "the synthetic screen's debris tables, if any"}), ("--out", one))
+    add("init", cmd_init,
+        ("pattern", {"help": "where each plate's data is, with {plate} for its name, e.g. 'data/{plate}.sqlite'"}),
+        ("--out", {"required": True, "help": "the config file to write (not overwritten without --force)"}),
+        ("--force", {"action": "store_true", "help": "overwrite --out"}),
+        ("--format", {"default": "auto", "choices": ["auto", "sqlite", "csv", "parquet"]}),
+        ("--compartments", {"nargs": "+", "default": ["Cells", "Cytoplasm", "Nuclei"]}),
+        ("--platemap", {"default": None, "help": "one platemap (well_position + annotations) for every plate"}),
+        ("--barcode-platemap", {"default": None, "help": "profiling-recipe barcode_platemap.csv (with --platemap-dir)"}),
+        ("--platemap-dir", {"default": None, "help": "the folder of <Plate_Map_Name>.txt|csv files"}),
+        ("--results", {"default": "results", "help": "results folder written into the config"}))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
     add("toy-summary", cmd_toy_summary, ("--ap", many), ("--out-md", one), ("--out-csv", one))
@@ -390,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         params = read_params(args.params)
         if cls is None and params:
             raise InputError(f"{args.command} takes no --params (got {sorted(params)})")
-        args.func(args, None if cls is None else cls.from_params(params, f"{args.command} --params"))
+        with console_progress(args):  # warnings and progress on the console too, under the workflow
+            args.func(args, None if cls is None else cls.from_params(params, f"{args.command} --params"))
     except InputError as e:
         logger.error("%s", e)
         return 2

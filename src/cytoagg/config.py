@@ -30,9 +30,18 @@ def check_plate_name(name: str, key: str) -> None:
         )
 
 
-def check_config(config: dict) -> None:
+def check_config(config: dict, defaulted: frozenset[str] | set[str] = frozenset()) -> None:
+    """``defaulted``: the dotted keys that took the schema's default (none given in a config file or --config)."""
     _check_results(config["results"])
     train, validation = config["plates"]["train"], config["plates"]["validation"]
+    if config["dataset"]["path"] is not None and not config.get("experiment"):
+        for key, plates in (("plates.train", train), ("plates.validation", validation)):
+            if key in defaulted:
+                raise ConfigError(
+                    f"config key {key} is not set, so it is the built-in synthetic screen's {plates}, but dataset.path "
+                    f"names your plates: list them in {key}" + (" ([] for none)" if key == "plates.validation" else "")
+                    + "; `cytoagg init <data path pattern>` writes both lists"
+                )
     for key, plates in (("plates.train", train), ("plates.validation", validation)):
         for plate in plates:
             check_plate_name(plate, key)
@@ -65,11 +74,19 @@ def check_config(config: dict) -> None:
         value = config["dataset"].get(key)
         if value is not None and not os.path.exists(value):
             raise ConfigError(f"config key dataset.{key}: {value} does not exist")
+    features_file = config["dataset"]["features_file"]
+    if features_file is not None:
+        if config["dataset"]["features"] is not None:
+            raise ConfigError("config keys dataset.features and dataset.features_file: set one of them (the file names "
+                              "the features to ingest; features: common keeps those every plate has)")
+        if not os.path.isfile(features_file):
+            raise ConfigError(f"config key dataset.features_file: {features_file} does not exist")
     if (config["dataset"].get("barcode_platemap") is None) != (config["dataset"].get("platemap_dir") is None):
         raise ConfigError("config keys dataset.barcode_platemap and dataset.platemap_dir go together: set both or neither")
     _check_metadata_keys(config["metadata"])
     _check_pipelines(config)
     _check_set_sizes(config["train"])
+    _check_normalize(config["normalize"])
     if isinstance(config["compounds"]["validation"], (int, float)) and config["compounds"]["validation"] >= 1:
         raise ConfigError("config key compounds.validation: 1 holds every compound out of training; use a fraction "
                           "below 1 or a list of compound names")
@@ -120,6 +137,16 @@ def _check_pipelines(config: dict) -> None:
     if "harmony" in pipelines and config["evaluate"]["reference"] != "split":
         raise ConfigError("config key evaluate.pipelines: harmony corrects plates against each other, which matters only "
                           "for evaluate.reference: split (ranking against every plate of a split)")
+
+
+def _check_normalize(normalize: dict) -> None:
+    from .preprocess.normalize import NONE, check_none
+
+    if normalize["method"] == NONE:
+        try:
+            check_none(normalize["samples"], normalize["epsilon"])
+        except InputError as e:
+            raise ConfigError(f"config key {e}") from None
 
 
 def _check_set_sizes(train: dict) -> None:

@@ -14,14 +14,36 @@ import sys
 SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
+from snakemake.common.configfile import load_configfile
+from snakemake.logging import logger
+
 import cytoagg
 from cytoagg.cli import named_file_args
+from cytoagg.config_sources import COMMAND_LINE, config_sources, describe_sources
+from cytoagg.config_sources import DEFAULT as SCHEMA_DEFAULT
+from cytoagg.evaluate.front_page import KEY_CATEGORY as KEY_RESULTS
+from cytoagg.evaluate.summarize import config_design_notes
+from cytoagg.progress import CONSOLE_FD_ENV
 from cytoagg.config import PLATE_NAME, check_config, check_first_plate_columns, plate_path, resolve_platemaps
 from cytoagg.profiles.pipelines import profile_key
 
 R = config["results"].rstrip("/")
-# (doubled braces: Snakemake formats the prefix like the command)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+# Which config files were read (the Snakefile reads the demo config.yaml only when no --configfile is given), and
+# where each value came from: one line in the run's log, every value in CONFIG_USED (rule config_used).
+DEMO_CONFIG = not workflow.overwrite_configfiles
+CONFIG_FILES = [os.path.relpath(f) for f in workflow.configfiles]
+CONFIG_SOURCES = config_sources(
+    config, [*((f, load_configfile(f)) for f in CONFIG_FILES), (COMMAND_LINE, dict(workflow.config_settings.config))]
+)
+CONFIG_USED = f"{R}/config_used.yaml"
+logger.info(describe_sources(CONFIG_FILES, DEMO_CONFIG, CONFIG_SOURCES, CONFIG_USED))
+# (doubled braces: Snakemake formats the prefix like the command). File descriptor 3 keeps the console (the job's
+# stderr before a rule sends it to its log): steps write their warnings and progress there (cytoagg.progress).
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"exec 3>&2; export {CONSOLE_FD_ENV}=3; "
+)
 ENVS = os.path.join(workflow.basedir, "envs")
 EXPERIMENT = config.get("experiment")  # a model-capacity toy experiment (experiments/*.yaml) instead of the screen
 TOY = f"{R}/toy"
@@ -50,7 +72,8 @@ SALIENCY = config["saliency"]
 # The synthetic screen's debris, a ground truth for the saliency (their side tables: synthetic/debris/)
 DEBRIS = SYNTHETIC and config["synthetic"]["debris_fraction"] > 0
 
-check_config(config)  # plates: disjoint, present on disk; settings that the schema cannot check
+# plates: listed for a dataset of one's own, disjoint, present on disk; settings that the schema cannot check
+check_config(config, defaulted={key for key, source in CONFIG_SOURCES.items() if source == SCHEMA_DEFAULT})
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
 if not EXPERIMENT:
     check_first_plate_columns(config, PLATEMAPS)  # the metadata settings against the first plate's columns
@@ -118,6 +141,17 @@ SPLITS = dict(
     plate_split={**{p: "train" for p in TRAIN_PLATES}, **{p: "validation" for p in VALIDATION_PLATES}},
     compounds=COMPOUND_SPLIT,
 )
+# The features to ingest: a file named in the config, or one the workflow writes from a list in the config
+# (rule requested_features; a long list never goes on a command line); None: every feature. With
+# dataset.features: common, feature selection chooses among the features every plate has (rule common_features).
+FEATURES = config["dataset"]["features"]
+if config["dataset"]["features_file"]:
+    FEATURES_FILE = config["dataset"]["features_file"]
+elif isinstance(FEATURES, list):
+    FEATURES_FILE = f"{R}/requested_features.txt"
+else:
+    FEATURES_FILE = None
+COMMON_FEATURES = f"{R}/common_features.txt" if FEATURES == "common" else None
 # What a model's input means (stored in its checkpoint, checked when embedding); memory_mb is not part of it.
 NORMALIZATION = {k: v for k, v in config["normalize"].items() if k != "memory_mb"}
 # What training depends on, of the train: section (threads, a given checkpoint and the embedding do not).
@@ -143,7 +177,7 @@ def ingest_settings(platemap, plate=None):
         compartments=config["dataset"]["compartments"],
         hub=config["dataset"]["hub"],
         links=config["dataset"]["links"],
-        features=config["dataset"]["features"],
+        features_file=FEATURES_FILE,
         blocklist=config["dataset"]["blocklist"],
         max_cells_without_image=config["dataset"]["max_cells_without_image"],
         require_negcon=plate not in config["plates"]["without_negcon"],
@@ -283,6 +317,7 @@ SALIENCY_OUTPUTS = [
 def all_outputs():
     return [
         FRONT_PAGE,
+        CONFIG_USED,
         f"{R}/tables/verdict.md",
         f"{R}/tables/map_per_plate.csv",
         f"{R}/tables/map_per_plate.md",
@@ -309,4 +344,4 @@ def toy_settings(wildcards):
 
 
 def experiment_outputs():
-    return [f"{TOY}/results.md", f"{TOY}/results.csv"] + [f"{TOY}/{r}/classes.png" for r in toy_runs()]
+    return [CONFIG_USED, f"{TOY}/results.md", f"{TOY}/results.csv"] + [f"{TOY}/{r}/classes.png" for r in toy_runs()]

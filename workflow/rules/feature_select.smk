@@ -1,10 +1,11 @@
 # Feature selection (pycytominer's operations), fit on the training plates' normalized cells only and
-# applied to every plate downstream.
+# applied to every plate downstream; with dataset.features: common, among the features every plate has.
 
 
 rule select_features:
     input:
-        expand(f"{R}/normalized/{{plate}}.parquet", plate=TRAIN_PLATES),
+        plates=expand(f"{R}/normalized/{{plate}}.parquet", plate=TRAIN_PLATES),
+        candidates=[COMMON_FEATURES] if COMMON_FEATURES else [],  # dataset.features: common
     output:
         f"{R}/features.txt",
     params:
@@ -20,7 +21,8 @@ rule select_features:
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        "python -m cytoagg select-features --plates {input:q} --out {output:q} --params {params.settings:q} 2> {log:q}"
+        "python -m cytoagg select-features --plates {input.plates:q} --candidates {input.candidates:q} --out {output:q} "
+        "--params {params.settings:q} 2> {log:q}"
 
 
 # The mean_cov baseline's covariance features, chosen once on the training plates' cells (a rule of its own,

@@ -6,6 +6,7 @@ rule ingest:
     input:
         raw=RAW_PLATE,
         platemap=PLATEMAP,
+        features=[FEATURES_FILE] if FEATURES_FILE else [],
     output:
         f"{R}/ingested/{{plate}}.parquet",
     params:
@@ -29,3 +30,24 @@ rule ingest:
     shell:
         "python -m cytoagg ingest --source {input.raw:q} --out {output:q} --plate {wildcards.plate:q} "
         "--threads {threads} --params {params.settings:q} 2> {log:q}"
+
+
+# dataset.features as a list in the config: written to a file for ingest (settings on a command line stay short).
+rule requested_features:
+    output:
+        f"{R}/requested_features.txt",
+    params:
+        features=FEATURES if isinstance(FEATURES, list) else [],  # a rerun trigger: a changed list rewrites it
+    log:
+        f"{R}/logs/requested_features.log",
+    benchmark:
+        f"{R}/benchmarks/requested_features.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    run:
+        from cytoagg.io.files import write_text
+
+        write_text("".join(f"{name}\n" for name in params.features), output[0])
+        with open(log[0], "w") as fh:
+            fh.write(f"{len(params.features)} features from config key dataset.features -> {output[0]}\n")

@@ -6,7 +6,7 @@ rule plot_map:
     input:
         f"{R}/tables/map_per_plate.csv",
     output:
-        report(f"{R}/plots/map_per_plate.png", caption="../report/map_per_plate.rst", category="2. Evaluation"),
+        report(f"{R}/plots/map_per_plate.png", caption="../report/map_per_plate.rst", category=KEY_RESULTS),
     log:
         f"{R}/logs/plot_map.log",
     benchmark:
@@ -135,6 +135,12 @@ rule front_page:
         figure=f"{R}/plots/map_per_plate.png",
     output:
         FRONT_PAGE,
+    params:
+        config_note=(
+            f"**Config:** {', '.join(CONFIG_FILES)} "
+            f"({'the demo config' if DEMO_CONFIG else 'over the schema defaults'}); every value and its source: "
+            f"{CONFIG_USED}"
+        ),
     log:
         f"{R}/logs/front_page.log",
     benchmark:
@@ -146,7 +152,7 @@ rule front_page:
         f"{ENVS}/plots.yaml"
     shell:
         "python -m cytoagg front-page --verdict {input.verdict:q} --table {input.table:q} --figure {input.figure:q} "
-        "--out {output:q} 2> {log:q}"
+        "--out {output:q} --config-note {params.config_note:q} 2> {log:q}"
 
 
 rule plot_saliency_correlation:

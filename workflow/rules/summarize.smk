@@ -11,7 +11,7 @@ rule summarize:
         compounds=report(
             f"{R}/tables/ap_per_compound.csv", caption="../report/ap_per_compound.rst", category="3. Tables"
         ),
-        verdict=report(f"{R}/tables/verdict.csv", caption="../report/verdict.rst", category="1. Verdict"),
+        verdict=report(f"{R}/tables/verdict.csv", caption="../report/verdict.rst", category=KEY_RESULTS),
         verdict_md=f"{R}/tables/verdict.md",
     params:
         settings=settings(
@@ -20,6 +20,8 @@ rule summarize:
             significance_threshold=EVAL["significance_threshold"],
             seed=EVAL["seed"],
         ),
+        # the report's captions of the tables say what the design cannot measure (no held-out plates, ...)
+        design_notes=config_design_notes(TRAIN_PLATES, VALIDATION_PLATES, config["compounds"]["validation"]),
     log:
         f"{R}/logs/summarize.log",
     benchmark:

@@ -34,17 +34,34 @@ def _wrapped(data: str, width: int = 100) -> list[str]:
     return ["   " + data[i:i + width] for i in range(0, len(data), width)]
 
 
-def front_page_text(verdict: pd.DataFrame, long: pd.DataFrame, figure_png: bytes) -> str:
+# Snakemake's report shows this page beside the rule graph, in a narrow column, and centers it vertically in the
+# window (so a page taller than the window loses its top). The style below (raw HTML, which Snakemake's docutils
+# passes through) puts the page first, at the top and wider, and the rule graph under it; where a browser lacks
+# :has(), the report looks as it did.
+LAYOUT = """.. raw:: html
+
+   <style>
+   div.items-center:has(#rulegraph) { align-items: flex-start; }
+   div:has(> #rulegraph) { flex-direction: column; }
+   div:has(> #rulegraph) .prose { max-width: 68rem; }
+   </style>
+"""
+KEY_CATEGORY = "1. Key results"  # the report category of the key results (the verdict, the mAP-per-plate figure)
+
+
+def front_page_text(verdict: pd.DataFrame, long: pd.DataFrame, figure_png: bytes, config_note: str = "") -> str:
     title = "cytoagg: learned well profiles against the field's profiles"
-    text = [title, "=" * len(title), ""]
+    text = [LAYOUT, title, "=" * len(title), ""]
     baselines = [m for m in dict.fromkeys(long["method"]) if is_nonlearned(m)]
     pipelines = list(dict.fromkeys(long["profile_pipeline"]))
+    n_plates = long.groupby("plate_split")["plate"].nunique().to_dict()
+    plates = ", ".join(f"{n} {'training' if s == 'train' else s} plate{'s' * (n != 1)}" for s, n in n_plates.items())
     text.append(
-        "The learned set model (CytoSummaryNet-style) is compared with the non-learned well profiles a profiling "
-        f"scientist already uses ({', '.join(baselines)}), each through the profile pipelines ({', '.join(pipelines)}), "
-        "by replicate-retrieval mAP. The verdict takes the best non-learned profile and the model at its best "
-        "pipeline for each plate split x compound split; validation plates x validation compounds are plates and "
-        "compounds the model never saw."
+        "**What was compared.** The learned set model (CytoSummaryNet-style) against the non-learned well profiles a "
+        f"profiling scientist already uses ({', '.join(baselines)}), each through the profile pipelines "
+        f"({', '.join(pipelines)}), by how well a well retrieves its replicate wells (mAP) on {plates}. The verdict "
+        "takes the best non-learned profile and the model at its best pipeline for each plate split x compound split; "
+        "validation plates x validation compounds are plates and compounds the model never saw."
     )
     text.append("")
     for note in design_notes(long):
@@ -77,13 +94,17 @@ def front_page_text(verdict: pd.DataFrame, long: pd.DataFrame, figure_png: bytes
         "Each method at its best profile pipeline (chosen on validation plates x validation compounds); "
         "the tables in the Tables category have every method through every pipeline.", "",
         ".. image:: data:image/png;base64,", *_wrapped(base64.b64encode(figure_png).decode()), "   :width: 100%", "",
+        f"The key results are also first in the list of results (category \"{KEY_CATEGORY}\"), with their captions.",
+        "",
     ]
+    if config_note:
+        text += [config_note, ""]
     return "\n".join(text) + "\n"
 
 
-def write_front_page(verdict_csv, long_csv, figure_png, out_rst) -> None:
+def write_front_page(verdict_csv, long_csv, figure_png, out_rst, config_note: str = "") -> None:
     verdict = pd.read_csv(verdict_csv)
     long = pd.read_csv(long_csv)
     with open(figure_png, "rb") as fh:
         figure = fh.read()
-    write_text(front_page_text(verdict, long, figure), out_rst)
+    write_text(front_page_text(verdict, long, figure, config_note), out_rst)

@@ -35,17 +35,42 @@ def best_pipelines(long: pd.DataFrame) -> pd.DataFrame:
     return keep.assign(label=[m if p == "raw" else f"{m} ({p})" for m, p in zip(keep.method, keep.profile_pipeline)])
 
 
+MAX_PLATES_AS_BARS = 24  # more plates: each method's mAP over the plates as a box, per plate split
+
+
+def plate_labels(plates: list[str], width: int = 22) -> dict[str, str]:
+    """Tick labels for plate names: a name longer than ``width`` keeps its start and end around an ellipsis
+    (``BR00117010__20...Measurement1``), unless that would make two labels the same; then the full names."""
+    keep = (width - 1) // 2
+    short = {p: p if len(p) <= width else f"{p[:keep]}\u2026{p[-keep:]}" for p in plates}
+    return short if len(set(short.values())) == len(plates) else {p: p for p in plates}
+
+
 def plot_map_per_plate(long: pd.DataFrame, out) -> None:
-    """Grouped bars: mAP per plate for each method at its best pipeline, one panel per compound split."""
+    """mAP per plate for each method at its best pipeline, one panel per compound split that has queries (each
+    titled): grouped bars per plate, or (more than MAX_PLATES_AS_BARS plates) each method's mAP over the plates of
+    a split as a box with the plates as points. The legend is outside the panels, plate names slanted."""
     long = best_pipelines(long)
     parts = [p for p in ("train", "validation") if ((long.compound_split == p) & (long.n_queries > 0)).any()]
     order = ["model", "model_untrained", "mlp_on_mean"]
     methods = [m for m in order if m in set(long.method)] + sorted(set(long.method) - set(order))
     labels = long.drop_duplicates("method").set_index("method")["label"]
     n_plates = long.plate.nunique()
-    fig, axes = plt.subplots(1, max(len(parts), 1), figsize=(max(6, 1.1 * n_plates * len(methods) / 3) * len(parts), 4.6),
-                             squeeze=False, sharey=True)
-    for ax, part in zip(axes[0], parts):
+    if n_plates > MAX_PLATES_AS_BARS:
+        _map_boxes(long, parts, methods, labels, out)
+        return
+    names = plate_labels(list(dict.fromkeys(long.plate)))
+    slant = n_plates > 4 or max(map(len, names.values())) > 10
+    n_panels = max(len(parts), 1)
+    if n_plates <= 4:  # panels side by side
+        fig, axes = plt.subplots(1, n_panels, figsize=(max(4.5, 0.3 * n_plates * len(methods) + 1.5) * n_panels, 4.2),
+                                 squeeze=False, sharey=True)
+        axes = axes[0]
+    else:  # panels one above the other, as wide as the plates need (at most 14 inches)
+        fig, axes = plt.subplots(n_panels, 1, figsize=(min(14.0, 0.2 * n_plates * len(methods) + 2.0), 4.0 * n_panels),
+                                 squeeze=False)
+        axes = axes[:, 0]
+    for ax, part in zip(axes, parts):
         sub = long[long.compound_split == part]
         plates = list(dict.fromkeys(sub.sort_values(["plate_split", "plate"]).plate))
         width = 0.8 / len(methods)
@@ -55,14 +80,52 @@ def plot_map_per_plate(long: pd.DataFrame, out) -> None:
                    edgecolor="black" if m == "model" else "none", linewidth=0.8)
         split_of = sub.drop_duplicates("plate").set_index("plate")["plate_split"]
         ax.set_xticks(np.arange(len(plates)) + 0.4 - width / 2)
-        ax.set_xticklabels([f"{p}\n({split_of[p]})" for p in plates], fontsize=8, rotation=30 if n_plates > 6 else 0,
-                           ha="right" if n_plates > 6 else "center")
-        ax.set_title(f"{part} compounds")
-        ax.set_ylabel("mAP")
+        ax.set_xticklabels([f"{names[p]}\n({split_of[p]})" for p in plates], fontsize=8,
+                           rotation=35 if slant else 0, ha="right" if slant else "center",
+                           rotation_mode="anchor" if slant else "default")
+        ax.set_title(f"{'training' if part == 'train' else 'held-out (validation)'} compounds", fontsize=10)
         ax.set_ylim(0, 1)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(names)),
-               frameon=False)
+        ax.grid(axis="y", lw=0.4, alpha=0.5)
+        if n_plates > 4 or ax is axes[0]:
+            ax.set_ylabel("mAP (replicate retrieval)")
+    _legend_outside(fig, axes[0])
+    _save(fig, out)
+
+
+def _legend_outside(fig, ax, handles=None, names=None) -> None:
+    """The legend to the right of the panels, where it covers nothing."""
+    if handles is None:
+        handles, names = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   title="method (its best pipeline)", title_fontsize=8)
+    fig.tight_layout()
+
+
+def _map_boxes(long: pd.DataFrame, parts: list[str], methods: list[str], labels, out) -> None:
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, max(len(parts), 1), figsize=(max(4.5, 0.55 * len(methods) * 2 + 1.5) * max(len(parts), 1),
+                                                             4.2), squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)
+    for ax, part in zip(axes[0], parts):
+        sub = long[(long.compound_split == part) & (long.n_queries > 0)]
+        splits = [s for s in ("train", "validation") if (sub.plate_split == s).any()]
+        for j, split in enumerate(splits):
+            for i, m in enumerate(methods):
+                vals = sub[(sub.method == m) & (sub.plate_split == split)]["mAP"].dropna().to_numpy()
+                x = j * (len(methods) + 1) + i
+                ax.boxplot(vals, positions=[x], widths=0.7, showfliers=False, patch_artist=True,
+                           boxprops=dict(facecolor=f"C{i}", alpha=0.45), medianprops=dict(color="black"))
+                ax.plot(x + rng.uniform(-0.2, 0.2, len(vals)), vals, ".", ms=2, color=f"C{i}")
+        ax.set_xticks([j * (len(methods) + 1) + (len(methods) - 1) / 2 for j in range(len(splits))])
+        ax.set_xticklabels([f"{s} plates ({sub[sub.plate_split == s].plate.nunique()})" for s in splits], fontsize=9)
+        ax.set_title(f"{'training' if part == 'train' else 'held-out (validation)'} compounds", fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", lw=0.4, alpha=0.5)
+    axes[0][0].set_ylabel("mAP per plate (replicate retrieval)")
+    handles = [Patch(facecolor=f"C{i}", alpha=0.6) for i in range(len(methods))]
+    _legend_outside(fig, axes[0][0], handles, [labels[m] for m in methods])
     _save(fig, out)
 
 
@@ -182,25 +245,34 @@ def plot_map_vs_cells(compact: pd.DataFrame, n_cells: pd.DataFrame, out) -> None
 
 
 def plot_effective_rank(summary: pd.DataFrame, spectra: pd.DataFrame, out) -> None:
-    """Normalized singular value spectra (log scale) of each representation, effective ranks in the legend."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    """Normalized singular value spectra (log scale) of each representation, effective ranks in the legend (below
+    the panels, so it covers no curve)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
     names = {"pooled": "model, pooled (before head)", "head": "model, head output", "mean": "mean baseline (BM)"}
     for rep in summary["representation"]:
         row = summary[summary["representation"] == rep].iloc[0]
         s = spectra[spectra["representation"] == rep]
-        a.plot(s["k"], s["p"], label=f"{names.get(rep, rep)}: {row['effective_rank']:.1f} of {row['max_rank']}")
+        a.plot(s["k"], s["p"], label=f"{names.get(rep, rep)}: effective rank {row['effective_rank']:.1f} of "
+               f"{row['max_rank']}")
         b.plot(s["k"], np.cumsum(s["p"]), label=names.get(rep, rep))
     a.set_yscale("log")
     a.set_xscale("log")
     a.set_xlabel("singular value index k")
-    a.set_ylabel("normalized singular value p_k")
-    a.legend(fontsize=8, title="effective rank", title_fontsize=8)
+    a.set_ylabel("normalized singular value $p_k$")
+    a.set_title("spectrum", fontsize=10)
     b.set_xscale("log")
-    b.set_xlabel("k")
-    b.set_ylabel("cumulative share")
+    b.set_xlabel("singular value index k")
+    b.set_ylabel("cumulative share of $p_k$")
+    b.set_title("cumulative", fontsize=10)
     b.set_ylim(0, 1.02)
     n = int(summary["n_wells"].iloc[0])
-    fig.suptitle(f"{n} wells of plates {summary['plates'].iloc[0]} (rows unit length, columns centered)", fontsize=9)
+    plates = str(summary["plates"].iloc[0])
+    fig.suptitle(f"{n} wells of plate(s) {plates if len(plates) < 60 else plates[:57] + '...'} (rows unit length, "
+                 "columns centered)", fontsize=9)
+    handles, labels = a.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels),
+               frameon=False)
     _save(fig, out)
 
 

@@ -18,11 +18,10 @@ import pandas as pd
 from ..io.cells import PlateCells, load_plate_cells
 from ..io.columns import Annotation
 from ..io.files import InputError, write_table, write_text
-from ..io.parquet import read_parquet
+from ..io.parquet import merged_provenance, read_parquet
 from ..settings import Settings
 from .retrieval import _retrieval
-from ..io.parquet import merged_provenance
-from .summarize import Splits, add_splits, precision_note, to_markdown
+from .summarize import Splits, add_splits, design_notes, precision_note, to_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +201,7 @@ def summarize_sampling_sweep(files, out_csv, out_md, splits: Splits) -> pd.DataF
         "# mAP vs cells sampled per well\n\n"
         "Each well profiled from a random sample of its cells (without replacement; a well with fewer cells keeps "
         "all of them), mean over the plates of a split, then mean and sd over seeds; `all`: every cell.\n\n"
+        + "".join(f"**Note:** {note}\n\n" for note in design_notes(long))
         + precision_note(merged_provenance(files))
         + to_markdown(compact),
         out_md,

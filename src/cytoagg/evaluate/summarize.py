@@ -373,6 +373,12 @@ def precision_note(provenance: dict[str, str]) -> str:
         + (f", by a model trained in {trained}" if trained else "")
         + " (`train.precision`).\n\n"
     )
+NO_VALIDATION_COMPOUND = ("no validation compound (compounds.validation holds none out of training): every number "
+                          "below is on compounds the model was trained on, and the model is its last evaluated epoch, "
+                          "not one selected on held-out compounds.")
+NO_VALIDATION_PLATE = ("no validation plate (plates.validation is empty): every number below is on plates the model was "
+                       "trained on.")
+SINGLE_PLATE = "a single plate: every number below is in-sample for that plate's batch effects."
 
 
 def design_notes(long: pd.DataFrame) -> list[str]:
@@ -380,15 +386,25 @@ def design_notes(long: pd.DataFrame) -> list[str]:
     notes = []
     scored = long[long["n_queries"] > 0]
     if not (scored["compound_split"] == "validation").any():
-        notes.append("no validation compound (compounds.validation holds none out of training): every number below "
-                     "is on compounds the model was trained on, and the model is its last evaluated epoch, not one "
-                     "selected on held-out compounds.")
+        notes.append(NO_VALIDATION_COMPOUND)
     if not (scored["plate_split"] == "validation").any():
-        notes.append("no validation plate (plates.validation is empty): every number below is on plates the model "
-                     "was trained on.")
+        notes.append(NO_VALIDATION_PLATE)
     if long["plate"].nunique() == 1:
-        notes.append("a single plate: every number below is in-sample for that plate's batch effects.")
+        notes.append(SINGLE_PLATE)
     return notes
+
+
+def config_design_notes(train_plates: list, validation_plates: list, validation_compounds) -> str:
+    """The notes :func:`design_notes` will give, as the config foretells them (for the report's captions of the
+    tables, written before the tables exist), as reStructuredText; empty when there is nothing to say."""
+    notes = []
+    if not validation_compounds:  # 0 or []: a fraction may still hold none out, which the tables then say
+        notes.append(NO_VALIDATION_COMPOUND)
+    if not validation_plates:
+        notes.append(NO_VALIDATION_PLATE)
+    if len(train_plates) + len(validation_plates) == 1:
+        notes.append(SINGLE_PLATE)
+    return "".join(f"**Note:** {n}\n\n" for n in notes)
 
 
 def _label(key: Key) -> str:

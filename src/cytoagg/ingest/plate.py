@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..io.columns import METADATA_PREFIX, Annotation, close_matches, metadata_columns
-from ..io.files import InputError, atomic_path, available_cpus
+from ..io.files import InputError, atomic_path, available_cpus, read_names
 from ..io.parquet import cell_writer, profile_schema, rows_per_group, to_arrow
 from ..io.platemap import read_platemap
 from ..settings import Settings
@@ -87,8 +87,8 @@ def _log_dropped(log: logging.Logger, path: Path, dropped: dict[str, list[str]])
 
 @dataclass(frozen=True)
 class IngestSettings(Settings):
-    """What ingest needs of the config: ``dataset:`` (format, compartments, features, blocklist), this plate's
-    platemap file (resolved from ``dataset.platemap`` or the barcode platemap) and the metadata columns."""
+    """What ingest needs of the config: ``dataset:`` (format, compartments, the features' file, blocklist), this
+    plate's platemap file (resolved from ``dataset.platemap`` or the barcode platemap) and the metadata columns."""
 
     annotation: Annotation
     format: str  # auto | sqlite | csv | parquet
@@ -96,7 +96,8 @@ class IngestSettings(Settings):
     compartments: list[str]
     hub: str | None  # the compartment whose link columns join the others (None: Cytoplasm, else the first)
     links: dict  # compartment -> its link column in the hub (default <hub>_Parent_<compartment>)
-    features: list[str] | None  # None: every feature of the compartments
+    features_file: str | None  # the features to ingest, one per line (dataset.features_file, or a list the workflow
+    # wrote from dataset.features); None: every feature of the compartments
     blocklist: list[str]
     max_cells_without_image: float  # share of cells whose image has no Image row dropped with a warning; above: error
     require_negcon: bool  # the plate must have a negative-control well (false: plates.without_negcon lists it)
@@ -135,7 +136,8 @@ def ingest_plate(source, out, plate: str, settings: IngestSettings, *, chunk_row
 def _write(src, out, plate, annotations, settings: IngestSettings, chunk_rows, workers, log):
     annotation = settings.annotation
     plate_col, well_col = annotation.plate_col, annotation.well_col
-    compartments, features, blocklist = settings.compartments, settings.features, settings.blocklist
+    compartments, blocklist = settings.compartments, settings.blocklist
+    features = None if settings.features_file is None else read_names(settings.features_file)
     if well_col not in src.columns:
         raise InputError(f"{src.path}: no well column {well_col} (metadata: {metadata_columns(src.columns)})")
     kept, dropped = choose_features(src.columns, src.path, compartments, features, blocklist)

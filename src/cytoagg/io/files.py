@@ -124,3 +124,15 @@ def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """A list of names from a text file, one per line (e.g. ``dataset.features_file``); blank lines and lines
+    starting with ``#`` are skipped, surrounding spaces removed. A missing or empty file is an InputError."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the list ({e})") from e
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise InputError(f"{path}: the list is empty (one name per line expected)")
+    return names

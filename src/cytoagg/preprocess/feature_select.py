@@ -261,17 +261,21 @@ class FeatureSelectSettings(Settings):
 
 
 def fit_feature_selection(plates: list, out_txt, settings: FeatureSelectSettings,
-                          log: logging.Logger | None = None) -> list[str]:
+                          log: logging.Logger | None = None, candidates: list[str] | None = None) -> list[str]:
     """Select features on the pooled cells of the (training) plates; write the kept list to ``out_txt``.
 
-    Candidates are the features present in every plate. More than ``max_cells`` cells: a seeded
-    uniform sample of them. The list is written one feature per line, atomically.
+    Candidates are the features present in every plate, of ``candidates`` where given (``dataset.features: common``:
+    those every configured plate has). More than ``max_cells`` cells: a seeded uniform sample of them. The list is
+    written one feature per line, atomically.
     """
     log = log or logger
     plates = [Path(p) for p in plates]
     if not plates:
         raise InputError("feature selection needs at least one plate")
     per_plate = [measurement_columns(parquet_columns(p)) for p in plates]
+    if candidates is not None:
+        allowed = set(candidates)
+        per_plate = [[f for f in names if f in allowed] for names in per_plate]
     shared = set.intersection(*(set(f) for f in per_plate))
     candidates = [f for f in per_plate[0] if f in shared]
     not_common = sorted(set().union(*per_plate) - shared)

@@ -203,8 +203,9 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
     """Normalize one plate's cells (Parquet ``src`` -> Parquet ``out``) within about ``memory_mb`` of RAM.
 
     Statistics come from the cells ``samples`` selects ("all" or a pandas query on the metadata, e.g.
-    ``"Metadata_broad_sample == 'DMSO'"``) and are applied to every cell; ``well_center`` then
-    subtracts each well's mean. ``Metadata_*`` columns pass through unchanged; columns that are
+    ``"Metadata_broad_sample == 'DMSO'"``) and are applied to every cell; ``method: none`` (plates normalized
+    upstream) fits nothing and keeps every feature's values, as float32; ``well_center`` then subtracts each
+    well's mean. ``Metadata_*`` columns pass through unchanged; columns that are
     neither metadata nor features (CellProfiler bookkeeping) are left out, so that readers taking
     every non-metadata column as a feature see only normalized ones. ``threads`` (default: the CPUs this
     process may use) sort columns and decode Parquet in parallel and write on a second thread. Returns a summary.
@@ -212,7 +213,11 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
     log = log or logger
     method, samples, memory_mb = settings.method, settings.samples, settings.memory_mb
     spherize_method, well_center, well_col = settings.spherize_method, settings.well_center, settings.annotation.well_col
-    method, epsilon = check_method(method, settings.epsilon, spherize_method, settings.spherize_center)
+    if method == NONE:
+        check_none(samples, settings.epsilon)
+        epsilon = None
+    else:
+        method, epsilon = check_method(method, settings.epsilon, spherize_method, settings.spherize_center)
     if not memory_mb or memory_mb <= 0:
         raise InputError(f"memory_mb must be positive, got {memory_mb!r}")
     threads = available_cpus() if threads is None else int(threads)
@@ -230,12 +235,15 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
     if others:
         log.warning("%s: %d column(s) neither metadata nor feature left out of the output: %s",
                     src, len(others), others)
-    fit_rows = _query_rows(pf, samples, src)
+    fit_rows = None if method == NONE else _query_rows(pf, samples, src)
     source = PlateColumns(pf, src, features, memory_mb, threads)
     if method == "spherize" and 8 * 3 * len(features) ** 2 > source.budget:
         log.warning("%s: spherize of %d features needs ~%.0f MB for its matrices, more than memory_mb=%s allows",
                     src, len(features), 24 * len(features) ** 2 / _MB, memory_mb)
-    params = _fit(source, fit_rows, method, epsilon, spherize_method, settings.spherize_center)
+    if method == NONE:
+        params = identity(len(features))
+    else:
+        params = _fit(source, fit_rows, method, epsilon, spherize_method, settings.spherize_center)
     if params.n_out == 0:
         raise InputError(f"{src}: every feature is constant or all-NaN on the fit cells ({samples})")
 
@@ -265,11 +273,32 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
         "row_group_reads": source.max_rereads,
         "threads": threads,
     }
+    if method == NONE:
+        log.info("%s -> %s: method none (values kept as ingested%s), %d cells, %d features, %d row batches", src, out,
+                 ", well-centered" if well_center else "", summary["n_cells"], len(features), summary["n_row_batches"])
+        return summary
     log.info("%s -> %s: %s (samples=%s%s) on %d of %d cells, %d -> %d features, %d column / %d row batches",
              src, out, method if method != "spherize" else f"spherize {spherize_method}", samples,
              ", well-centered" if well_center else "", params.n_fit, summary["n_cells"], len(features),
              params.n_out, summary["n_column_batches"], summary["n_row_batches"])
     return summary
+
+
+NONE = "none"  # normalize.method for plates already normalized upstream (e.g. pycytominer's normalize)
+
+
+def check_none(samples: str, epsilon: float | None) -> None:
+    """``method: none`` fits nothing, so a ``samples`` query or an ``epsilon`` would be silently ignored: refused."""
+    if samples != "all" or epsilon is not None:
+        raise InputError(
+            f"normalize.method none keeps the values as ingested (normalized upstream), so normalize.samples "
+            f"({samples!r}) and normalize.epsilon ({epsilon!r}) mean nothing: leave them at 'all' and null"
+        )
+
+
+def identity(n_features: int) -> NormalizerParams:
+    """``method: none``: every feature kept as it is (float32; +-inf read as NaN, as every method does)."""
+    return NormalizerParams(NONE, np.arange(n_features), np.zeros(n_features), np.ones(n_features), None, 0)
 
 
 def _output_names(features: list[str], params: NormalizerParams) -> list[str]:
