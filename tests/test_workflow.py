@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,6 +79,46 @@ def test_sampling_sweep_and_effective_rank_tables(finished):
     pd.testing.assert_series_equal(a.sort_index(), b.loc[a.index].sort_index(), atol=1e-6, check_names=False)
     rank = pd.read_csv(finished / "results/tables/effective_rank.csv")
     assert rank.representation.tolist() == ["pooled", "head", "mean"] and set(rank.plates) == {"P3"}
+
+
+def test_anndata_files_hold_every_plate_of_each_method(finished):
+    """results/anndata/{method}.h5ad, read back with anndata: the profile Parquets of all plates, stacked."""
+    import anndata as ad
+
+    def values(frame):
+        return frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+
+    r = finished / "results"
+    for method in ("model", "mean", "mean_std"):
+        adata = ad.read_h5ad(r / "anndata" / f"{method}.h5ad")
+        profiles = pd.concat([pd.read_parquet(r / "profiles" / method / f"{p}.parquet") for p in ("P1", "P2", "P3")],
+                             ignore_index=True)
+        meta = [c for c in profiles.columns if c.startswith("Metadata_")]
+        features = [c for c in profiles.columns if c not in meta]
+        assert adata.var_names.tolist() == features and adata.obs.columns.tolist() == meta, method
+        np.testing.assert_array_equal(adata.X, profiles[features].to_numpy(np.float32))
+        assert values(adata.obs) == values(profiles[meta])
+        assert adata.uns["cytoagg"]["method"] == method
+
+
+def test_copairs_reads_a_profile_file_as_written(finished):
+    """copairs' own average_precision on the held-out plate's model profiles, read with pandas as the workflow
+    wrote them (no renaming), finds the workflow's APs (ap/model/P3.parquet)."""
+    copairs_map = pytest.importorskip("copairs.map")
+    r = finished / "results"
+    profiles = pd.read_parquet(r / "profiles/model/P3.parquet")
+    # the default evaluation: negative controls are neither queries nor candidates
+    treated = profiles[profiles["Metadata_broad_sample"] != "DMSO"].reset_index(drop=True)
+    meta = treated.filter(regex="^Metadata_")
+    theirs = copairs_map.average_precision(
+        meta, treated.drop(columns=meta.columns).to_numpy(), pos_sameby=["Metadata_broad_sample"], pos_diffby=[],
+        neg_sameby=[], neg_diffby=["Metadata_broad_sample"], progress_bar=False,
+    )
+    ours = pd.read_parquet(r / "ap/model/P3.parquet")
+    both = ours.merge(theirs, left_on="well", right_on="Metadata_Well", how="outer", indicator=True)
+    assert (both["_merge"] == "both").all() and len(both) > 100
+    assert (both.n_positives == both.n_pos_pairs).all() and (both.n_candidates == both.n_total_pairs).all()
+    np.testing.assert_allclose(both.average_precision_x, both.average_precision_y, rtol=0, atol=1e-9)
 
 
 def test_report_contains_every_figure(finished):

@@ -34,7 +34,9 @@ def _set_threads(threads: int) -> None:
 
 
 def _read_list(path) -> list[str]:
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """The non-empty lines of a file; ``-`` reads them from stdin (a rule pipes a long file list there)."""
+    text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def named_file_args(flag: str, names, source: str) -> str:
@@ -116,6 +118,12 @@ def cmd_aggregate(args, annotation):
 
     outputs = {method: files[0] for method, files in _named(args.out, "--out", paths=1).items()}
     aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, annotation)
+
+
+def cmd_export_anndata(args, annotation):
+    from .profiles.export import export_anndata
+
+    export_anndata(_read_list(args.profile_list), args.out, annotation, args.method)
 
 
 def cmd_evaluate(args, settings):
@@ -227,7 +235,8 @@ def _settings_classes() -> dict:
     return {
         "synthetic-plate": SyntheticSpec, "synthetic-platemap": SyntheticSpec, "ingest": IngestSettings,
         "normalize": NormalizeSettings, "select-features": FeatureSelectSettings, "pack-cells": Annotation,
-        "train": TrainSettings, "embed": EmbedSettings, "aggregate": Annotation, "evaluate": EvaluateSettings,
+        "train": TrainSettings, "embed": EmbedSettings, "aggregate": Annotation, "export-anndata": Annotation,
+        "evaluate": EvaluateSettings,
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
@@ -261,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("embed", cmd_embed, ("--normalized", one), ("--checkpoint", one), ("--out", one), ("--plate", one))
     add("aggregate", cmd_aggregate, ("--normalized", one), ("--features", one), ("--plate", one),
         ("--out", {**named, "required": True}))
+    add("export-anndata", cmd_export_anndata,
+        ("--profile-list", {"required": True, "help": "a file naming one profile Parquet per line (-: stdin)"}),
+        ("--method", {"required": True, "help": "what the profiles are (recorded in uns['cytoagg'])"}), ("--out", one))
     add("evaluate", cmd_evaluate, ("--profiles", {**named, "required": True}), ("--out", {**named, "required": True}),
         ("--plate", {"nargs": "+", "default": None, "help": "the plates whose wells are queries (default: all)"}))
     add("sampling-sweep", cmd_sampling_sweep, ("--normalized", one), ("--checkpoint", one), ("--features", one),

@@ -221,6 +221,10 @@ if SWEEP_SIZES:
     ]
 
 
+# Every method's profiles of all plates as one AnnData file each (rule export_anndata)
+ANNDATA_OUTPUTS = [f"{R}/anndata/{m}.h5ad" for m in METHODS]
+
+
 def all_outputs():
     return [
         f"{R}/tables/map_per_plate.csv",
@@ -229,6 +233,7 @@ def all_outputs():
         f"{R}/plots/cells_per_well.png",
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
         *EVALUATION_OUTPUTS,
+        *ANNDATA_OUTPUTS,
     ]
 
 
