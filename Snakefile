@@ -21,13 +21,25 @@ include: "workflow/rules/cellstore.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/pipelines.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summarize.smk"
 include: "workflow/rules/sampling_sweep.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/plots.smk"
-include: "workflow/rules/experiments.smk"
+
+
+if EXPERIMENT:  # experiments/*.yaml: the model-capacity toy experiments
+
+    include: "workflow/rules/experiments.smk"
+
+
+
+if not EXPERIMENT:
+
+    report: FRONT_PAGE  # the verdict and the mAP-per-plate figure (workflow/rules/plots.smk)
+
 
 
 rule all:

@@ -249,12 +249,22 @@ def run_cytotable(src: Path, out: Path) -> None:
                       preset="cellprofiler_sqlite")
 
 
+# The ingest step's settings as the workflow passes them (the schema's defaults; the benchmark plate has no
+# platemap, so no perturbation column: the plate column stands in, and there are no controls to check).
+INGEST_SETTINGS = {
+    "annotation": {"plate_col": "Metadata_Plate", "well_col": "Metadata_Well", "perturbation_col": "Metadata_Plate",
+                   "negcon_col": "Metadata_Plate", "negcon_value": None},
+    "format": "sqlite", "platemap": None, "compartments": list(COMPARTMENTS), "hub": None, "links": {},
+    "features": None, "blocklist": [], "max_cells_without_image": 0.01, "require_negcon": False,
+}
+
+
 def run_tool(tool: str, src: Path, out: Path) -> None:
     if tool == "floor":
         run_floor(src, out)
     elif tool == "cytoagg":  # exec: the measured process is the CLI itself
         os.execv(sys.executable, [sys.executable, "-m", "cytoagg", "ingest", "--source", str(src), "--out", str(out),
-                                  "--plate", "BENCH1", "--params", json.dumps({"format": "sqlite"})])
+                                  "--plate", "BENCH1", "--params", json.dumps(INGEST_SETTINGS)])
     elif tool == "pycytominer":
         run_pycytominer(src, out)
     elif tool == "cytotable":

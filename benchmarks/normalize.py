@@ -146,7 +146,13 @@ def run_tool(tool: str, src: Path, out: Path) -> None:
             with cell_writer(out, table.schema) as writer:
                 writer.write_table(table)
     elif tool == "cytoagg":
-        params = json.dumps({"method": "mad_robustize", "samples": "all"})  # exec: the CLI is the measured process
+        params = json.dumps({  # the normalize step's settings as the workflow passes them (the schema's defaults)
+            "annotation": {"plate_col": "Metadata_Plate", "well_col": "Metadata_Well",
+                           "perturbation_col": "Metadata_broad_sample", "negcon_col": "Metadata_broad_sample",
+                           "negcon_value": "DMSO"},
+            "method": "mad_robustize", "samples": "all", "epsilon": None, "spherize_method": "ZCA",
+            "spherize_center": True, "well_center": False, "memory_mb": 1024,
+        })  # exec: the CLI is the measured process
         os.execv(sys.executable, [sys.executable, "-m", "cytoagg", "normalize", "--src", str(src), "--out", str(out),
                                   "--params", params])
     elif tool == "pycytominer":

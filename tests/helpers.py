@@ -75,7 +75,8 @@ def toy_spec(**overrides) -> ToySpec:
 def ingest_settings(**overrides) -> IngestSettings:
     d = defaults("dataset")
     values = dict(annotation=annotation(), format=d["format"], platemap=None, compartments=d["compartments"],
-                  features=d["features"], blocklist=d["blocklist"])
+                  hub=d["hub"], links=d["links"], features=d["features"], blocklist=d["blocklist"], max_cells_without_image=d["max_cells_without_image"],
+                  require_negcon=True)
     return IngestSettings(**{**values, **overrides})
 
 

@@ -49,8 +49,8 @@ def two_plates(tmp_path):
 
 def test_round_trip_with_anndata(two_plates, tmp_path):
     paths, frames, features = two_plates
-    out = tmp_path / "anndata" / "mean.h5ad"
-    summary = export_anndata(paths, out, annotation(), "mean")
+    out = tmp_path / "anndata" / "mean__negcon_mad.h5ad"
+    summary = export_anndata(paths, out, annotation(), "mean", "negcon_mad")
     assert summary["wells"] == 9 and summary["plates"] == 2
 
     adata = ad.read_h5ad(out)
@@ -65,7 +65,7 @@ def test_round_trip_with_anndata(two_plates, tmp_path):
     for col in adata.obs.columns:
         got = adata.obs[col].astype(object).where(adata.obs[col].notna(), None).tolist()
         assert got == expected[col].astype(object).where(expected[col].notna(), None).tolist(), col
-    assert adata.uns["cytoagg"]["method"] == "mean"
+    assert adata.uns["cytoagg"]["method"] == "mean" and adata.uns["cytoagg"]["pipeline"] == "negcon_mad"
 
     # backed mode reads X from the file as written plate by plate
     backed = ad.read_h5ad(out, backed="r")
@@ -75,10 +75,10 @@ def test_round_trip_with_anndata(two_plates, tmp_path):
 
 def test_cli_reads_the_file_list_from_stdin(two_plates, tmp_path, monkeypatch):
     paths, frames, features = two_plates
-    out = tmp_path / "model.h5ad"
+    out = tmp_path / "model__raw.h5ad"
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{p}\n" for p in paths)))
     params = annotation().to_params()
-    assert main(["export-anndata", "--profile-list", "-", "--method", "model", "--out", str(out),
+    assert main(["export-anndata", "--profile-list", "-", "--method", "model", "--pipeline", "raw", "--out", str(out),
                  "--params", json.dumps(params)]) == 0
     adata = ad.read_h5ad(out)
     assert adata.n_obs == 9 and adata.uns["cytoagg"]["method"] == "model"
@@ -90,14 +90,14 @@ def test_plates_with_other_features_are_refused_and_nothing_is_written(two_plate
     write_profiles(plate_profiles("PC", 3, features[::-1], 2), odd)  # same names, another order
     out = tmp_path / "x.h5ad"
     with pytest.raises(InputError, match="odd.parquet.*another order"):
-        export_anndata([*paths, odd], out, annotation(), "mean")
+        export_anndata([*paths, odd], out, annotation(), "mean", "raw")
     write_profiles(plate_profiles("PC", 3, features[:2], 2), odd)
     with pytest.raises(InputError, match="odd.parquet.*Cytoplasm_Texture_x"):
-        export_anndata([*paths, odd], out, annotation(), "mean")
+        export_anndata([*paths, odd], out, annotation(), "mean", "raw")
     assert not [n for n in os.listdir(tmp_path) if "x.h5ad" in n]  # nor a temporary file
 
 
 def test_a_well_twice_is_refused(two_plates, tmp_path):
     paths, _, _ = two_plates
     with pytest.raises(InputError, match="PA_A01"):
-        export_anndata([paths[0], paths[0]], tmp_path / "x.h5ad", annotation(), "mean")
+        export_anndata([paths[0], paths[0]], tmp_path / "x.h5ad", annotation(), "mean", "raw")

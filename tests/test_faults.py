@@ -366,7 +366,9 @@ GENERATED = re.compile(r"\{(named_file_args\([^{}]*\))\}")
 def _expand_f_string(text: str) -> str:
     """An f-string literal as Snakemake receives it: its generated file lists (cytoagg.cli.named_file_args, which
     writes ``{input.NAME:q}`` per name) filled in for two methods, and its doubled braces made single."""
-    names = {"named_file_args": named_file_args, "METHODS": ["model", "mean"], "BASELINES": ["mean"]}
+    names = {"named_file_args": named_file_args, "METHODS": ["model", "mean"], "BASELINES": ["mean"],
+             "CONTROLS": ["model_untrained"], "PROFILES": ["model__raw", "mean__negcon_mad"],
+             "PLATE_PIPELINE_PROFILES": ["model__negcon_mad"]}
     text = GENERATED.sub(lambda m: eval(m.group(1), names).replace("{", "\0").replace("}", "\1"), text)
     assert not re.search(r"(?<!\{)\{(?!\{)", text.replace("{{", "")), f"an f-string expression this test cannot read: {text!r}"
     return text.replace("{{", "{").replace("}}", "}").replace("\0", "{").replace("\1", "}")

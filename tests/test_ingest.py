@@ -34,11 +34,16 @@ COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 
 
 def ingest(source, out, plate, *, fmt="auto", barcode_platemap=None, platemap_dir=None, platemap=None,
-           plate_col="Metadata_Plate", well_col="Metadata_Well", chunk_rows=50_000, workers=None, **kw):
-    """ingest_plate with keyword settings; the platemap resolved from the barcode map as the workflow does."""
+           plate_col="Metadata_Plate", well_col="Metadata_Well", perturbation_col="Metadata_Plate", negcon_value=None,
+           chunk_rows=50_000, workers=None, **kw):
+    """ingest_plate with keyword settings; the platemap resolved from the barcode map as the workflow does.
+
+    The format tests' plates have no treatment column (or one value), so by default the plate column stands in
+    for the perturbation and there are no negative controls; the NF1 tests use its genotype."""
     path = platemap_file(plate, barcode_platemap=barcode_platemap, platemap_dir=platemap_dir, platemap=platemap)
-    settings = ingest_settings(annotation=annotation(plate_col=plate_col, well_col=well_col), format=fmt,
-                               platemap=None if path is None else str(path), **kw)
+    ann = annotation(plate_col=plate_col, well_col=well_col, perturbation_col=perturbation_col,
+                     negcon_col=perturbation_col, negcon_value=negcon_value)
+    settings = ingest_settings(annotation=ann, format=fmt, platemap=None if path is None else str(path), **kw)
     return ingest_plate(source, out, plate, settings, chunk_rows=chunk_rows, workers=workers)
 
 
@@ -49,7 +54,7 @@ def well(name: str) -> str:
 
 def ingest_nf1(out: Path, **kwargs) -> dict:
     return ingest(
-        NF1_SQLITE, out, plate="001",
+        NF1_SQLITE, out, plate="001", perturbation_col="Metadata_genotype",
         barcode_platemap=NF1 / "barcode_platemap.csv", platemap_dir=NF1, **kwargs,
     )
 
@@ -468,3 +473,88 @@ def test_truncated_cellprofiler_csv(jump_folder, tmp_path):
     with pytest.raises(InputError, match="truncated"):
         ingest(bad, tmp_path / "out.parquet", plate="BR00121431")
     assert not (tmp_path / "out.parquet").exists()
+
+
+# ---------------------------------------------------------------- formats labs have (issue: read the plates labs have)
+
+
+def test_pycytominer_single_cell_output_is_read_as_it_is(nf1, tmp_path):
+    """pycytominer's SingleCells.merge_single_cells writes Image_Metadata_Well, Metadata_TableNumber, ...: read as is."""
+    pytest.importorskip("pycytominer")
+    from pycytominer.cyto_utils.cells import SingleCells
+    from sqlalchemy import text
+
+    sc = SingleCells(  # pycytominer's recipe for a CellProfiler ExportToDatabase file (Per_ tables)
+        f"sqlite:///{NF1_SQLITE}", strata=["Image_Metadata_Plate", "Image_Metadata_Well"],
+        image_cols=["ImageNumber", "Image_Metadata_Site"], merge_cols=["ImageNumber"], image_table_name="Per_Image",
+        compartments=["cells", "cytoplasm", "nuclei"],
+        compartment_linking_cols={"cytoplasm": {"cells": "Cytoplasm_Parent_Cells", "nuclei": "Cytoplasm_Parent_Nuclei"},
+                                  "cells": {"cytoplasm": "Cells_Number_Object_Number"},
+                                  "nuclei": {"cytoplasm": "Nuclei_Number_Object_Number"}},
+        fields_of_view_feature="Image_Metadata_Site",
+    )
+    for c in COMPARTMENTS:
+        sc.conn.execute(text(f"CREATE TEMP VIEW {c.lower()} AS SELECT * FROM Per_{c}"))
+    merged = sc.merge_single_cells()
+    assert "Image_Metadata_Well" in merged.columns and "Metadata_Well" not in merged.columns
+    for suffix, write in ((".parquet", lambda df, p: df.to_parquet(p)), (".csv.gz", lambda df, p: df.to_csv(p, index=False))):
+        src = tmp_path / f"pycytominer{suffix}"
+        write(merged, src)
+        out = tmp_path / f"out{suffix}.parquet"
+        summary = ingest(src, out, plate="001", perturbation_col="Metadata_Plate")
+        _, ours, _ = nf1
+        got = pd.read_parquet(out)
+        assert summary["cells_per_well"] == ours.groupby("Metadata_Well").size().to_dict()
+        assert {"Metadata_Well", "Metadata_Site", "Metadata_Cells_Number_Object_Number"} <= set(got.columns)
+        got = got.rename(columns={"Metadata_Cells_Number_Object_Number": "Metadata_ObjectNumber"})
+        key = ["Metadata_Well", "Metadata_ImageNumber", "Metadata_ObjectNumber"]
+        got = got.astype({"Metadata_ImageNumber": float, "Metadata_ObjectNumber": float}).astype(
+            {"Metadata_ImageNumber": int, "Metadata_ObjectNumber": int}).sort_values(key).reset_index(drop=True)
+        ref = ours.astype({"Metadata_ImageNumber": int, "Metadata_ObjectNumber": int}).sort_values(key).reset_index(drop=True)
+        for col in ("Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_DAPI"):
+            np.testing.assert_allclose(got[col].to_numpy(), ref[col].to_numpy(), rtol=1e-6)
+
+
+def test_cytominer_database_csv_folder_lower_case_and_several_wells(jump_folder, tmp_path):
+    """One folder holding both sites (several wells), files named image.csv, cells.csv, ...: as the per-site folders."""
+    folder = tmp_path / "plate" / "all_sites"
+    folder.mkdir(parents=True)
+    offset = 0
+    for i, site in enumerate(sorted(p for p in jump_folder.iterdir() if p.is_dir())):
+        for name in ("Image", *COMPARTMENTS):
+            df = pd.read_csv(site / f"{name}.csv")
+            df["ImageNumber"] += offset
+            target = folder / f"{name.lower()}.csv"
+            df.to_csv(target, mode="a" if i else "w", header=not i, index=False)
+        offset += 10
+    reference = tmp_path / "per_site.parquet"
+    ingest(jump_folder, reference, plate="BR00121431")
+    summary = ingest(tmp_path / "plate", tmp_path / "one_folder.parquet", plate="BR00121431")
+    assert summary["cells_per_well"] == {"A01": 89, "A02": 36}
+    got, ref = pd.read_parquet(tmp_path / "one_folder.parquet"), pd.read_parquet(reference)
+    feats = [c for c in ref.columns if not c.startswith("Metadata_")]
+    np.testing.assert_array_equal(got[feats].to_numpy(), ref[feats].to_numpy())
+    assert got["Metadata_Well"].tolist() == ref["Metadata_Well"].tolist()
+
+
+def test_other_segmentations_name_their_hub_and_links(tmp_path):
+    """dataset.hub / dataset.links: here Cells as the hub, linked to Nuclei by Cells_Parent_Nuclei (no Cytoplasm)."""
+    out = tmp_path / "plate.parquet"
+    summary = ingest(NF1_SQLITE, out, plate="001", compartments=["Cells", "Nuclei"], hub="Cells",
+                     links={"Nuclei": "Cells_Parent_Nuclei"})
+    with sqlite3.connect(NF1_SQLITE) as con:
+        n = con.execute("""SELECT COUNT(*) FROM Per_Cells c JOIN Per_Nuclei n ON n.ImageNumber = c.ImageNumber
+                           AND n.Nuclei_Number_Object_Number = c.Cells_Parent_Nuclei""").fetchone()[0]
+    assert summary["n_cells"] == n
+    assert not [c for c in pd.read_parquet(out).columns if c.startswith("Cytoplasm_")]
+    with pytest.raises(InputError, match="no column Cells_Parent_Nope.*dataset.links"):
+        ingest(NF1_SQLITE, tmp_path / "x.parquet", plate="001", compartments=["Cells", "Nuclei"], hub="Cells",
+               links={"Nuclei": "Cells_Parent_Nope"})
+
+
+def test_empty_object_csv_names_the_file(jump_folder, tmp_path):
+    bad = tmp_path / "plate"
+    shutil.copytree(jump_folder, bad)
+    empty = bad / "BR00121431-A02-1" / "Nuclei.csv"
+    empty.write_text("")
+    assert_rejected(bad, tmp_path / "out.parquet", str(empty), "empty file", plate="BR00121431")

@@ -55,7 +55,7 @@ def test_a_new_package_version_marks_results_outdated(finished_copy):
     status = summary_status(finished_copy)
     for plate in ("P1", "P2", "P3"):
         assert status[f"results/normalized/{plate}.parquet"] == "params changed"
-        assert status[f"results/ap/model/{plate}.parquet"] == "params changed"
+        assert status[f"results/ap/raw/model/{plate}.parquet"] == "params changed"
     assert status["results/model/model.pt"] == "params changed"
     assert status["results/tables/map_per_plate.csv"] == "params changed"
     jobs = planned_jobs(finished_copy)

@@ -20,7 +20,7 @@ import yaml
 
 from cytoagg import config as cfg
 from cytoagg.config import ConfigError, check_config, resolve_platemaps
-from helpers import TINY, assert_same_results, copy_workflow, defaults, planned_jobs, snakemake
+from helpers import SCHEMA, TINY, assert_same_results, copy_workflow, defaults, planned_jobs, snakemake
 
 GALLERY = "cellpainting-gallery"
 WORKSPACE = "cpg0016-jump/source_99/workspace"
@@ -47,11 +47,13 @@ def s3_dataset(bucket: str, anonymous: bool) -> dict:
 
 
 def config_with(dataset: dict, train=("P1", "P2"), validation=("P3",)) -> dict:
-    return {
-        "plates": {"train": list(train), "validation": list(validation)},
-        "dataset": {**defaults("dataset"), **dataset},
-        "train": {"checkpoint": None},
-    }
+    """A config as the Snakefile checks it: the schema's defaults, these plates and dataset settings."""
+    sections = yaml.safe_load(SCHEMA.read_text())["properties"]
+    config = {name: defaults(name) for name, spec in sections.items() if spec.get("type") == "object" and name != "experiment"}
+    config["results"] = sections["results"]["default"]
+    config["plates"].update(train=list(train), validation=list(validation))
+    config["dataset"].update(dataset)
+    return config
 
 
 def test_s3_locations_are_not_looked_for_on_disk():

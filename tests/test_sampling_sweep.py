@@ -79,7 +79,7 @@ def test_sweep_all_cells_equals_the_evaluate_step(tiny_plates, checkpoint, tmp_p
     for method in ("model", "mean"):
         prof = tmp_path / f"{method}.parquet"
         if method == "model":
-            embed_plate(paths["P3"], checkpoint, prof, "P3", embed_settings(normalization={}))
+            embed_plate(paths["P3"], checkpoint, {"model": prof}, "P3", embed_settings(normalization={}))
         else:
             aggregate_plate(paths["P3"], features, {"mean": prof}, "P3", ANN)
         ev = evaluate_plate(prof, tmp_path / f"{method}_ap.parquet", evaluate_settings()).set_index("well")

@@ -14,7 +14,7 @@ from cytoagg.evaluate.summarize import (
     ap_per_compound,
     map_per_plate,
     markdown_report,
-    pooled_tests,
+    paired_tests,
     headline_table,
 )
 from helpers import splits
@@ -61,8 +61,8 @@ def per_compound(ap):
 
 def test_ap_per_compound_matches_copairs(ap, per_compound, tmp_path):
     copairs_map = pytest.importorskip("copairs.map")
-    assert list(per_compound.columns[:8]) == [
-        "compound", "plate", "method", "mAP", "p_value", "corrected_p_value", "retrieved", "n_queries"
+    assert list(per_compound.columns[:9]) == [
+        "compound", "plate", "method", "profile_pipeline", "mAP", "p_value", "corrected_p_value", "retrieved", "n_queries"
     ]  # fmt: skip
     for (plate, method), g in ap.groupby(["plate", "method"]):
         ref = g.rename(columns={"n_positives": "n_pos_pairs", "n_candidates": "n_total_pairs"})
@@ -117,10 +117,11 @@ def test_paired_test_edge_cases():
     assert p < 1e-5 and diff > 0 and n == 30
 
 
-def test_seed_table_and_markdown(ap, per_compound):
+def test_headline_table_and_markdown(ap, per_compound):
     long = map_per_plate(ap, SPLITS, per_compound=per_compound)
-    pooled = pooled_tests(ap, SPLITS)
-    wide = headline_table(long, pooled)
+    model, bm = ("model", "raw"), ("mean", "raw")
+    wide = headline_table(long, model, bm, paired_tests(ap, model, bm, SPLITS, by="plate"),
+                          paired_tests(ap, model, bm, SPLITS, by="plate_split"))
     assert list(wide.columns) == [
         "plate", "plate split", "Training mAP model", "Training mAP BM", "Validation mAP model", "Validation mAP BM",
         "PR model", "PR BM", "Retrieved model", "Retrieved BM", "Training p (model vs BM)", "Validation p (model vs BM)",
@@ -133,7 +134,8 @@ def test_seed_table_and_markdown(ap, per_compound):
     a = both[both.method == "model"].dropna(subset=["average_precision"])
     b = both[both.method == "mean"].set_index(["plate", "well"]).loc[pd.MultiIndex.from_frame(a[["plate", "well"]])]
     assert wide.loc[3, "Validation p (model vs BM)"] == pytest.approx(wilcoxon(a.average_precision, b.average_precision).pvalue)
-    md = markdown_report(long, pooled)
+    md = markdown_report(long, ap, SPLITS)
+    assert "BM: mean" in md  # the only baseline here, so the best non-learned profile
     assert "| plate | plate split | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM |" in md
     assert "Baseline-corrected" not in md and "MoA" not in md
 
@@ -149,7 +151,7 @@ def test_corrected_and_moa_tables_appear_when_present(ap):
     row = long[(long.plate == "P3") & (long.method == "model") & (long.compound_split == "all")].iloc[0]
     assert row["baseline_corrected_mAP"] < row["mAP"]
     assert row["moa_mAP"] == pytest.approx(row["mAP"] / 2)
-    md = markdown_report(long, pooled_tests(ap, SPLITS))
+    md = markdown_report(long, ap, SPLITS)
     assert "## Baseline-corrected mAP" in md and "Training corrected mAP model" in md
     assert "## MoA retrieval mAP" in md
     per_compound = ap_per_compound(add_splits(ap, SPLITS), null_size=200)

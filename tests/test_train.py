@@ -100,13 +100,13 @@ def test_changed_settings_do_not_resume(tmp_path, tiny_plates, caplog):
 def test_embed_uses_all_cells_and_checkpoint_features(tmp_path, tiny_plates):
     out, _, _ = train(tmp_path, tiny_plates)
     paths, features = tiny_plates
-    embed_plate(paths["P3"], out, tmp_path / "P3.parquet", "P3", embed_settings())
+    embed_plate(paths["P3"], out, {"model": tmp_path / "P3.parquet"}, "P3", embed_settings())
     meta, x, _ = read_profiles(tmp_path / "P3.parquet")
     cells, _, _ = read_profiles(paths["P3"], features)
     assert len(meta) == cells["Metadata_Well"].nunique()
     assert meta["Metadata_n_cells"].astype(int).sum() == len(cells)
     assert x.shape[1] == SMALL.out_dim and np.isfinite(x).all()
-    embed_plate(paths["P3"], out, tmp_path / "P3p.parquet", "P3", embed_settings(embedding="pooled"))
+    embed_plate(paths["P3"], out, {"model": tmp_path / "P3p.parquet"}, "P3", embed_settings(embedding="pooled"))
     assert read_profiles(tmp_path / "P3p.parquet")[1].shape[1] == SMALL.cell_hidden
 
 
@@ -117,7 +117,7 @@ def test_embed_missing_feature_is_clear_error(tmp_path, tiny_plates):
     bad = tmp_path / "bad.parquet"
     df.to_parquet(bad)
     with pytest.raises(InputError, match=features[0]):
-        embed_plate(bad, out, tmp_path / "o.parquet", "P3", embed_settings())
+        embed_plate(bad, out, {"model": tmp_path / "o.parquet"}, "P3", embed_settings())
     assert not (tmp_path / "o.parquet").exists()
 
 
@@ -179,8 +179,8 @@ def test_checkpoint_trained_on_another_normalization_is_refused(tmp_path, tiny_p
     paths, _ = tiny_plates
     out, _, _ = train(tmp_path, tiny_plates, settings=replace(SMALL, normalization=normalization(method="standardize")))
     with pytest.raises(InputError, match="standardize"):
-        embed_plate(paths["P3"], out, tmp_path / "o.parquet", "P3", embed_settings(normalization=normalization()))
-    embed_plate(paths["P3"], out, tmp_path / "o.parquet", "P3",
+        embed_plate(paths["P3"], out, {"model": tmp_path / "o.parquet"}, "P3", embed_settings(normalization=normalization()))
+    embed_plate(paths["P3"], out, {"model": tmp_path / "o.parquet"}, "P3",
                 embed_settings(normalization=normalization(method="standardize")))
     assert (tmp_path / "o.parquet").exists()
 

@@ -27,11 +27,14 @@ def test_outputs_of_every_step(finished):
     r = finished / "results"
     for plate in ("P1", "P2", "P3"):
         assert (r / "synthetic/plates" / f"{plate}.sqlite").exists()
-        for step in ("ingested", "normalized", "profiles/model", "profiles/mean", "profiles/mean_std", "ap/model", "ap/mean"):
+        for step in ("ingested", "normalized", "profiles/model", "profiles/model_untrained", "profiles/mlp_on_mean",
+                     "profiles/mean", "profiles/mean_std", "pipelines/negcon_mad/model", "pipelines/negcon_mad_sphere/mean",
+                     "ap/raw/model", "ap/negcon_mad/mean", "ap/negcon_mad_sphere/mlp_on_mean"):
             assert (r / step / f"{plate}.parquet").exists(), (step, plate)
         assert (r / "logs/ingest" / f"{plate}.log").exists()
         assert (r / "benchmarks/normalize" / f"{plate}.tsv").exists()
-    assert (r / "model/model.pt").exists()
+    assert (r / "model/model.pt").exists() and (r / "controls/mlp_on_mean/model.pt").exists()
+    assert (r / "pipelines/sphering.npz").exists()
     assert (r / "features.txt").read_text().strip()
     hist = pd.read_csv(r / "model/training_log.csv")
     assert len(hist) == 25 and hist.val_mAP.notna().sum() == 5
@@ -43,18 +46,25 @@ def test_outputs_of_every_step(finished):
 
 def test_map_tables(finished):
     long = pd.read_csv(finished / "results/tables/map_per_plate.csv")
-    for col in ("plate", "plate_split", "compound_split", "method", "mAP", "precision_at_R", "n_queries"):
+    for col in ("plate", "plate_split", "compound_split", "method", "profile_pipeline", "mAP", "precision_at_R", "n_queries"):
         assert col in long.columns
-    assert set(long.method) == {"model", "mean", "mean_std"}
+    assert set(long.method) == {"model", "model_untrained", "mlp_on_mean", "mean", "mean_std"}
+    assert set(long.profile_pipeline) == {"raw", "negcon_mad", "negcon_mad_sphere"}
+    assert len(long) == 3 * 5 * 3 * 3  # plates x methods x pipelines x compound splits
     assert set(long.plate_split) == {"train", "validation"}
     assert set(long.compound_split) == {"train", "validation", "all"}
     assert long.mAP.between(0, 1).all() and (long.n_queries > 0).all()
     md = (finished / "results/tables/map_per_plate.md").read_text()
     assert "| plate | plate split | Training mAP model | Training mAP BM | Validation mAP model | Validation mAP BM | PR model | PR BM |" in md
 
-    # The expected outcome: on the validation plate's held-out compounds the model beats the mean.
-    val = long[(long.plate_split == "validation") & (long.compound_split == "validation")].set_index("method")["mAP"]
+    # The expected outcome: on the validation plate's held-out compounds the model beats the raw mean.
+    val = long[(long.plate_split == "validation") & (long.compound_split == "validation") & (long.profile_pipeline == "raw")]
+    val = val.set_index("method")["mAP"]
     assert val["model"] > val["mean"], val
+    verdict = pd.read_csv(finished / "results/tables/verdict.csv")
+    assert len(verdict) == 4 and verdict.best_nonlearned.isin(["mean", "mean_std"]).all()
+    assert verdict.verdict.isin(["model better", "model worse", "no significant difference"]).all()
+    assert "best non-learned mAP" in (finished / "results/tables/verdict.md").read_text()
     for col in ("fraction_retrieved", "wilcoxon_p_vs_mean", "mean_ap_difference_vs_mean"):
         assert col in long.columns
     assert long.loc[long.method != "mean", "wilcoxon_p_vs_mean"].between(0, 1).all()
@@ -81,29 +91,33 @@ def test_sampling_sweep_and_effective_rank_tables(finished):
     assert rank.representation.tolist() == ["pooled", "head", "mean"] and set(rank.plates) == {"P3"}
 
 
-def test_anndata_files_hold_every_plate_of_each_method(finished):
-    """results/anndata/{method}.h5ad, read back with anndata: the profile Parquets of all plates, stacked."""
+def test_anndata_files_hold_every_plate_of_each_profile(finished):
+    """results/anndata/{method}__{pipeline}.h5ad, read back with anndata: the profile Parquets of all plates, stacked."""
     import anndata as ad
 
     def values(frame):
         return frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
 
     r = finished / "results"
-    for method in ("model", "mean", "mean_std"):
-        adata = ad.read_h5ad(r / "anndata" / f"{method}.h5ad")
-        profiles = pd.concat([pd.read_parquet(r / "profiles" / method / f"{p}.parquet") for p in ("P1", "P2", "P3")],
-                             ignore_index=True)
-        meta = [c for c in profiles.columns if c.startswith("Metadata_")]
-        features = [c for c in profiles.columns if c not in meta]
-        assert adata.var_names.tolist() == features and adata.obs.columns.tolist() == meta, method
-        np.testing.assert_array_equal(adata.X, profiles[features].to_numpy(np.float32))
-        assert values(adata.obs) == values(profiles[meta])
-        assert adata.uns["cytoagg"]["method"] == method
+    methods = ("model", "model_untrained", "mlp_on_mean", "mean", "mean_std")
+    pipelines = ("raw", "negcon_mad", "negcon_mad_sphere")
+    assert sorted(p.name for p in (r / "anndata").iterdir()) == sorted(f"{m}__{p}.h5ad" for m in methods for p in pipelines)
+    for method in methods:
+        for pipeline in pipelines:
+            folder = r / "profiles" / method if pipeline == "raw" else r / "pipelines" / pipeline / method
+            adata = ad.read_h5ad(r / "anndata" / f"{method}__{pipeline}.h5ad")
+            profiles = pd.concat([pd.read_parquet(folder / f"{p}.parquet") for p in ("P1", "P2", "P3")], ignore_index=True)
+            meta = [c for c in profiles.columns if c.startswith("Metadata_")]
+            features = [c for c in profiles.columns if c not in meta]
+            assert adata.var_names.tolist() == features and adata.obs.columns.tolist() == meta, (method, pipeline)
+            np.testing.assert_array_equal(adata.X, profiles[features].to_numpy(np.float32))
+            assert values(adata.obs) == values(profiles[meta])
+            assert adata.uns["cytoagg"]["method"] == method and adata.uns["cytoagg"]["pipeline"] == pipeline
 
 
 def test_copairs_reads_a_profile_file_as_written(finished):
     """copairs' own average_precision on the held-out plate's model profiles, read with pandas as the workflow
-    wrote them (no renaming), finds the workflow's APs (ap/model/P3.parquet)."""
+    wrote them (no renaming), finds the workflow's APs (ap/raw/model/P3.parquet)."""
     copairs_map = pytest.importorskip("copairs.map")
     r = finished / "results"
     profiles = pd.read_parquet(r / "profiles/model/P3.parquet")
@@ -114,7 +128,7 @@ def test_copairs_reads_a_profile_file_as_written(finished):
         meta, treated.drop(columns=meta.columns).to_numpy(), pos_sameby=["Metadata_broad_sample"], pos_diffby=[],
         neg_sameby=[], neg_diffby=["Metadata_broad_sample"], progress_bar=False,
     )
-    ours = pd.read_parquet(r / "ap/model/P3.parquet")
+    ours = pd.read_parquet(r / "ap/raw/model/P3.parquet")
     both = ours.merge(theirs, left_on="well", right_on="Metadata_Well", how="outer", indicator=True)
     assert (both["_merge"] == "both").all() and len(both) > 100
     assert (both.n_positives == both.n_pos_pairs).all() and (both.n_candidates == both.n_total_pairs).all()
@@ -171,7 +185,7 @@ def test_adding_a_training_plate_retrains(finished):
 
 def test_one_plate_target(finished):
     assert planned_jobs(finished, "results/normalized/P2.parquet", "--forcerun", "normalize") == {"normalize": 1}
-    assert planned_jobs(finished, "results/ap/model/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
+    assert planned_jobs(finished, "results/ap/raw/model/P3.parquet", "--forcerun", "evaluate") == {"evaluate": 1}
 
 
 def test_forcerun_one_validation_plate_reruns_its_downstream_only(finished):
@@ -253,5 +267,8 @@ def test_own_plates_barcode_platemaps_and_split_reference_are_planned_per_plate(
     ingest = {arg(c, "--plate")[0]: json.loads(arg(c, "--params")[0]) for c in commands if c[3] == "ingest"}
     assert {p: Path(s["platemap"]).name for p, s in ingest.items()} == {"PA": "map1.txt", "PB": "map2.txt", "PC": "map1.txt"}
     evaluate = {arg(c, "--plate")[0]: {m: files for m, *files in args(c, "--profiles")} for c in commands if c[3] == "evaluate"}
-    assert evaluate["PA"] == {m: [f"results/profiles/{m}/{p}.parquet" for p in ("PA", "PB")] for m in ("model", "mean")}
-    assert evaluate["PC"] == {"model": ["results/profiles/model/PC.parquet"], "mean": ["results/profiles/mean/PC.parquet"]}
+    methods = ("model", "model_untrained", "mlp_on_mean", "mean")
+    assert set(evaluate["PA"]) == {f"{m}__{p}" for m in methods for p in ("raw", "negcon_mad", "negcon_mad_sphere")}
+    assert evaluate["PA"]["model__raw"] == [f"results/profiles/model/{p}.parquet" for p in ("PA", "PB")]
+    assert evaluate["PA"]["mean__negcon_mad"] == [f"results/pipelines/negcon_mad/mean/{p}.parquet" for p in ("PA", "PB")]
+    assert evaluate["PC"]["model__raw"] == ["results/profiles/model/PC.parquet"]

@@ -93,6 +93,13 @@ def cmd_select_features(args, settings):
     logger.info("kept %d features", len(fit_feature_selection(args.plates, args.out, settings)))
 
 
+def cmd_covariance_features(args, settings):
+    from .preprocess.feature_select import fit_covariance_features
+
+    logger.info("mean_cov: %d features", len(fit_covariance_features(args.plates, _read_list(args.features), args.out,
+                                                                       settings)))
+
+
 def cmd_pack_cells(args, annotation):
     from .model.cellstore import pack_cell_store
 
@@ -107,23 +114,55 @@ def cmd_train(args, settings):
     logger.info("trained: %s", result)
 
 
+def cmd_train_on_means(args, settings):
+    from .model.train import train_on_means
+
+    logger.info("trained: %s", train_on_means(args.profiles, args.out_model, args.out_log, settings, threads=args.threads))
+
+
 def cmd_embed(args, settings):
     from .profiles.embed import embed_plate
 
-    embed_plate(args.normalized, args.checkpoint, args.out, args.plate, settings, threads=args.threads)
+    outputs = {name: files[0] for name, files in _named(args.out, "--out", paths=1).items()}
+    embed_plate(args.normalized, args.checkpoint, outputs, args.plate, settings, threads=args.threads,
+                mlp_on_mean=args.mlp_on_mean[0] if args.mlp_on_mean else None)
 
 
 def cmd_aggregate(args, annotation):
     from .profiles.aggregate import aggregate_plate
 
     outputs = {method: files[0] for method, files in _named(args.out, "--out", paths=1).items()}
-    aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, annotation)
+    covariance = _read_list(args.covariance_features[0]) if args.covariance_features else None
+    aggregate_plate(args.normalized, _read_list(args.features), outputs, args.plate, annotation, covariance)
+
+
+def cmd_fit_sphering(args, settings):
+    from .profiles.pipelines import fit_sphering_step
+
+    fit_sphering_step(_named(args.profiles, "--profiles"), args.out, settings)
+
+
+def cmd_profile_pipelines(args, settings):
+    from .profiles.pipelines import plate_pipelines
+
+    raw = {method: files[0] for method, files in _named(args.profiles, "--profiles", paths=1).items()}
+    outputs = {key: files[0] for key, files in _named(args.out, "--out", paths=1).items()}
+    plate_pipelines(raw, outputs, args.sphering[0] if args.sphering else None, settings)
+
+
+def cmd_harmony(args, settings):
+    from .profiles.pipelines import harmony_step
+
+    raw, outputs = _named(args.profiles, "--profiles"), _named(args.out, "--out")
+    if set(raw) != set(outputs) or any(len(raw[m]) != len(outputs[m]) for m in raw):
+        raise InputError("harmony: --profiles and --out must name the same methods, with one output per input")
+    harmony_step(raw, outputs, settings)
 
 
 def cmd_export_anndata(args, annotation):
     from .profiles.export import export_anndata
 
-    export_anndata(_read_list(args.profile_list), args.out, annotation, args.method)
+    export_anndata(_read_list(args.profile_list), args.out, annotation, args.method, args.pipeline)
 
 
 def cmd_evaluate(args, settings):
@@ -162,7 +201,8 @@ def cmd_effective_rank(args, settings):
 def cmd_summarize(args, settings):
     from .evaluate.summarize import summarize_plates
 
-    summarize_plates(_named(args.ap, "--ap"), args.out_csv, args.out_md, args.out_compounds, settings)
+    summarize_plates(_named(args.ap, "--ap"), args.out_csv, args.out_md, args.out_compounds, args.out_verdict_csv,
+                     args.out_verdict_md, settings)
 
 
 def cmd_plot_map(args, _):
@@ -202,6 +242,12 @@ def cmd_plot_effective_rank(args, _):
     effective_rank_figure(args.summary, args.spectra, args.out)
 
 
+def cmd_front_page(args, _):
+    from .evaluate.front_page import write_front_page
+
+    write_front_page(args.verdict, args.table, args.figure, args.out)
+
+
 def cmd_toy_data(args, spec):
     from .synthetic.toy import write_toy_data
 
@@ -226,16 +272,19 @@ def _settings_classes() -> dict:
     from .ingest.plate import IngestSettings
     from .io.columns import Annotation
     from .model.train import TrainSettings
-    from .preprocess.feature_select import FeatureSelectSettings
+    from .preprocess.feature_select import CovarianceSettings, FeatureSelectSettings
     from .preprocess.normalize import NormalizeSettings
     from .profiles.embed import EmbedSettings
+    from .profiles.pipelines import PipelineSettings
     from .synthetic.screen import SyntheticSpec
     from .synthetic.toy import ToySpec
 
     return {
         "synthetic-plate": SyntheticSpec, "synthetic-platemap": SyntheticSpec, "ingest": IngestSettings,
         "normalize": NormalizeSettings, "select-features": FeatureSelectSettings, "pack-cells": Annotation,
-        "train": TrainSettings, "embed": EmbedSettings, "aggregate": Annotation, "export-anndata": Annotation,
+        "train": TrainSettings, "train-on-means": TrainSettings, "embed": EmbedSettings,
+        "covariance-features": CovarianceSettings, "fit-sphering": PipelineSettings, "profile-pipelines": PipelineSettings,
+        "harmony": PipelineSettings, "aggregate": Annotation, "export-anndata": Annotation,
         "evaluate": EvaluateSettings,
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
@@ -265,14 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("ingest", cmd_ingest, ("--source", one), ("--out", one), ("--plate", one))
     add("normalize", cmd_normalize, ("--src", one), ("--out", one))
     add("select-features", cmd_select_features, ("--plates", many), ("--out", one))
+    add("covariance-features", cmd_covariance_features, ("--plates", many), ("--features", one), ("--out", one))
     add("pack-cells", cmd_pack_cells, ("--normalized", one), ("--features", one), ("--out", one), ("--plate", one))
     add("train", cmd_train, ("--cell-stores", many), ("--features", one), ("--out-model", one), ("--out-log", one))
-    add("embed", cmd_embed, ("--normalized", one), ("--checkpoint", one), ("--out", one), ("--plate", one))
+    add("train-on-means", cmd_train_on_means, ("--profiles", many), ("--out-model", one), ("--out-log", one))
+    add("embed", cmd_embed, ("--normalized", one), ("--checkpoint", one), ("--plate", one),
+        ("--out", {**named, "required": True}),
+        ("--mlp-on-mean", {"nargs": "*", "default": [], "help": "the mlp_on_mean control's checkpoint, for its output"}))
     add("aggregate", cmd_aggregate, ("--normalized", one), ("--features", one), ("--plate", one),
-        ("--out", {**named, "required": True}))
+        ("--out", {**named, "required": True}),
+        ("--covariance-features", {"nargs": "*", "default": [], "help": "mean_cov's features (a file); none without mean_cov"}))
+    add("fit-sphering", cmd_fit_sphering, ("--profiles", {**named, "required": True}), ("--out", one))
+    add("profile-pipelines", cmd_profile_pipelines, ("--profiles", {**named, "required": True}),
+        ("--out", {**named, "required": True}),
+        ("--sphering", {"nargs": "*", "default": [], "help": "the sphering fit, for negcon_mad_sphere"}))
+    add("harmony", cmd_harmony, ("--profiles", {**named, "required": True}), ("--out", {**named, "required": True}))
     add("export-anndata", cmd_export_anndata,
         ("--profile-list", {"required": True, "help": "a file naming one profile Parquet per line (-: stdin)"}),
-        ("--method", {"required": True, "help": "what the profiles are (recorded in uns['cytoagg'])"}), ("--out", one))
+        ("--method", {"required": True, "help": "whose profiles (recorded in uns['cytoagg'])"}),
+        ("--pipeline", {"required": True, "help": "through which profile pipeline (recorded in uns['cytoagg'])"}),
+        ("--out", one))
     add("evaluate", cmd_evaluate, ("--profiles", {**named, "required": True}), ("--out", {**named, "required": True}),
         ("--plate", {"nargs": "+", "default": None, "help": "the plates whose wells are queries (default: all)"}))
     add("sampling-sweep", cmd_sampling_sweep, ("--normalized", one), ("--checkpoint", one), ("--features", one),
@@ -281,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("effective-rank", cmd_effective_rank, ("--normalized", many), ("--checkpoint", one),
         ("--features", one), ("--out-summary", one), ("--out-spectra", one))
     add("summarize", cmd_summarize, ("--ap", {**named, "required": True}), ("--out-csv", one), ("--out-md", one),
-        ("--out-compounds", one))
+        ("--out-compounds", one), ("--out-verdict-csv", one), ("--out-verdict-md", one))
     add("plot-map", cmd_plot_map, ("--table", one), ("--out", one))
     add("plot-training", cmd_plot_training, ("--training-log", one), ("--out", one))
     add("plot-cells-per-well", cmd_plot_cells_per_well, ("--profiles", many), ("--out", one))
     add("plot-pr-curves", cmd_plot_pr_curves, ("--profiles", {**named, "required": True}), ("--out", one))
     add("plot-sampling-sweep", cmd_plot_sampling_sweep, ("--table", one), ("--profiles", many), ("--out", one))
     add("plot-effective-rank", cmd_plot_effective_rank, ("--summary", one), ("--spectra", one), ("--out", one))
+    add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
     add("toy-summary", cmd_toy_summary, ("--ap", {**named, "required": True}), ("--out-md", one), ("--out-csv", one))

@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from .io.columns import close_matches
 from .io.files import InputError
 from .io.platemap import PLATEMAP_SUFFIXES, platemap_file, platemap_name
 
@@ -60,6 +61,7 @@ def check_s3_url(key: str, url: str) -> None:
 
 
 def check_config(config: dict) -> None:
+    _check_results(config["results"])
     train, validation = config["plates"]["train"], config["plates"]["validation"]
     for key, plates in (("plates.train", train), ("plates.validation", validation)):
         for plate in plates:
@@ -70,6 +72,9 @@ def check_config(config: dict) -> None:
     both = sorted(set(train) & set(validation))
     if both:
         raise ConfigError(f"config keys plates.train and plates.validation share plate(s) {both}")
+    unknown = sorted(set(config["plates"]["without_negcon"]) - set(train) - set(validation))
+    if unknown:
+        raise ConfigError(f"config key plates.without_negcon: {unknown} are neither training nor validation plates")
     pattern = config["dataset"]["path"]
     remote = s3_keys(config["dataset"])
     for key in remote:
@@ -80,13 +85,11 @@ def check_config(config: dict) -> None:
             "(pip install 'cytoagg[s3]', or snakemake-storage-plugin-s3)"
         )
     if pattern is not None:
-        if "{plate}" not in pattern:
-            raise ConfigError(f"config key dataset.path must contain '{{plate}}', got {pattern!r}")
-        local = not on_s3(pattern)  # on S3: check_plates_in_s3, once the storage plugin is set up
-        for key, plates in (("plates.train", train), ("plates.validation", validation)) if local else ():
+        for key, plates in (("plates.train", train), ("plates.validation", validation)):
             for plate in plates:
-                path = pattern.format(plate=plate)
-                if not os.path.exists(path):
+                path = plate_path(pattern, plate)
+                # on S3: check_plates_in_s3, once the Snakefile has set up the storage plugin
+                if not on_s3(pattern) and not os.path.exists(path):
                     raise ConfigError(f"config key {key}: plate {plate!r} not found: {path} does not exist (dataset.path)")
     checkpoint = config["train"]["checkpoint"]
     if checkpoint is not None and not os.path.isfile(checkpoint):
@@ -97,6 +100,115 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"config key dataset.{key}: {value} does not exist")
     if (config["dataset"].get("barcode_platemap") is None) != (config["dataset"].get("platemap_dir") is None):
         raise ConfigError("config keys dataset.barcode_platemap and dataset.platemap_dir go together: set both or neither")
+    _check_metadata_keys(config["metadata"])
+    _check_pipelines(config)
+    _check_set_sizes(config["train"])
+    if isinstance(config["compounds"]["validation"], (int, float)) and config["compounds"]["validation"] >= 1:
+        raise ConfigError("config key compounds.validation: 1 holds every compound out of training; use a fraction "
+                          "below 1 or a list of compound names")
+
+
+def plate_path(pattern: str, plate: str) -> str:
+    """``dataset.path`` filled for one plate; a placeholder other than ``{plate}`` is a ConfigError naming it."""
+    if "{plate}" not in pattern:
+        raise ConfigError(f"config key dataset.path must contain '{{plate}}', got {pattern!r}")
+    try:
+        return pattern.format(plate=plate)
+    except (KeyError, IndexError) as e:
+        raise ConfigError(
+            f"config key dataset.path: unknown placeholder {{{e.args[0]}}} in {pattern!r}; only {{plate}} is filled "
+            "(write other braces as {{ and }})"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"config key dataset.path: {pattern!r} is not a valid pattern ({e})") from None
+
+
+def _check_results(results: str) -> None:
+    path = os.path.abspath(os.path.expanduser(str(results)))
+    if not str(results).strip() or os.path.dirname(path) == path:
+        raise ConfigError(f"config key results: {results!r} would write into the file system root; name a folder")
+
+
+def _check_metadata_keys(md: dict) -> None:
+    """Two roles in one column would make every query its own positive, or lose a column: refused."""
+    roles = {"metadata.plate": md["plate"], "metadata.well": md["well"], "metadata.perturbation": md["perturbation"]}
+    seen: dict[str, str] = {}
+    for key, column in roles.items():
+        if column in seen:
+            raise ConfigError(f"config keys {seen[column]} and {key} both name column {column!r}: each needs its own column")
+        seen[column] = key
+    if md["negcon_column"] in (md["plate"], md["well"]):
+        raise ConfigError(f"config key metadata.negcon_column: {md['negcon_column']!r} is the plate or well column")
+    for key in ("plate", "well"):
+        if not md[key].startswith("Metadata_"):
+            raise ConfigError(f"config key metadata.{key}: {md[key]!r} must start with Metadata_")
+
+
+def _check_pipelines(config: dict) -> None:
+    pipelines = config["evaluate"]["pipelines"]
+    needs = [p for p in pipelines if p != "raw"]
+    if needs and config["metadata"]["negcon_value"] is None and not config.get("experiment"):
+        raise ConfigError(f"config key evaluate.pipelines: {needs} normalize against negative controls, but "
+                          "metadata.negcon_value is null (no controls); use [raw]")
+    if "harmony" in pipelines and config["evaluate"]["reference"] != "split":
+        raise ConfigError("config key evaluate.pipelines: harmony corrects plates against each other, which matters only "
+                          "for evaluate.reference: split (ranking against every plate of a split)")
+
+
+def _check_set_sizes(train: dict) -> None:
+    from .model.sampler import MIN_ACCEPTANCE, set_size_acceptance
+
+    p = set_size_acceptance(train["cells_mean"], train["cells_std"], train["cells_min"])
+    if p < MIN_ACCEPTANCE:
+        raise ConfigError(
+            f"config keys train.cells_mean ({train['cells_mean']:g}), cells_std ({train['cells_std']:g}) and cells_min "
+            f"({train['cells_min']}): sets are drawn from round(N(cells_mean, cells_std)) until the size is even and "
+            f">= cells_min, which happens in {p:.2g} of the draws; training would hang. Raise cells_mean or cells_std, "
+            "or lower cells_min"
+        )
+
+
+def check_metadata_columns(config: dict, columns: list[str], where: str) -> None:
+    """The metadata settings against the columns a plate will have after ingest (its own metadata and its
+    platemap's annotations): an error naming the key and the close matches, not a list of every column."""
+    md = config["metadata"]
+    wanted = {"metadata.well": md["well"], "metadata.perturbation": md["perturbation"]}
+    if md["negcon_value"] is not None and md["negcon_column"]:
+        wanted["metadata.negcon_column"] = md["negcon_column"]
+    present = set(columns) | {md["plate"]}
+    for key, column in wanted.items():
+        if column not in present:
+            hint = close_matches(column, columns)
+            raise ConfigError(
+                f"config key {key}: column {column!r} is not in {where}"
+                + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else f" (it has {len(columns)} metadata columns)")
+            )
+
+
+def check_first_plate_columns(config: dict, platemaps: dict) -> None:
+    """The metadata settings against the first plate's columns, where they can be read cheaply (the source's
+    header or schema, and its platemap's columns). A plate that cannot be read is left to ingest to report."""
+    from .ingest.plate import source_metadata_columns
+    from .io.platemap import read_platemap
+
+    plates = [*config["plates"]["train"], *config["plates"]["validation"]]
+    if not plates:
+        return
+    plate = plates[0]
+    if config["dataset"]["path"] is None:
+        from .synthetic.screen import METADATA_COLUMNS
+
+        check_metadata_columns(config, list(METADATA_COLUMNS), "the built-in synthetic plates")
+        return
+    path = plate_path(config["dataset"]["path"], plate)
+    try:
+        columns = source_metadata_columns(path, config["dataset"]["format"], config["dataset"]["compartments"],
+                                          config["metadata"]["well"], config["dataset"]["hub"], config["dataset"]["links"])
+        if platemaps.get(plate):
+            columns += list(read_platemap(platemaps[plate]).columns)
+    except (InputError, OSError, ValueError):
+        return
+    check_metadata_columns(config, columns, f"plate {plate} ({path})" + (" or its platemap" if platemaps.get(plate) else ""))
 
 
 LISTED_KEYS_PER_PLATE = 20  # how far the listing of check_plates_in_s3 goes before it asks plate by plate
@@ -116,7 +228,7 @@ def check_plates_in_s3(
     the listing found, by URL. A missing plate is a ConfigError naming its key, as for a local file.
     """
     pattern = config["dataset"]["path"]
-    urls = {p: pattern.format(plate=p) for p in [*config["plates"]["train"], *config["plates"]["validation"]]}
+    urls = {p: plate_path(pattern, p) for p in [*config["plates"]["train"], *config["plates"]["validation"]]}
     prefix = pattern[: pattern.index("{")]
     wanted, listed = set(urls.values()), {}
     budget = LISTED_KEYS_PER_PLATE * len(urls) + 1000

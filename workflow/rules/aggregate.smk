@@ -7,6 +7,7 @@ rule aggregate:
     input:
         normalized=f"{R}/normalized/{{plate}}.parquet",
         features=f"{R}/features.txt",
+        covariance=[f"{R}/covariance_features.txt"] if "mean_cov" in BASELINES else [],
     output:
         **{b: f"{R}/profiles/{b}/{{plate}}.parquet" for b in BASELINES},
     params:
@@ -23,5 +24,6 @@ rule aggregate:
         f"{ENVS}/tables.yaml"
     shell:
         "python -m cytoagg aggregate --normalized {input.normalized:q} --features {input.features:q} "
+        "--covariance-features {input.covariance:q} "
         f"--plate {{wildcards.plate:q}} {named_file_args('--out', BASELINES, 'output')} "
         "--params {params.settings:q} 2> {log:q}"

@@ -16,7 +16,11 @@ sys.path.insert(0, SRC)
 
 import cytoagg
 from cytoagg.cli import named_file_args
-from cytoagg.config import PLATE_NAME, check_config, check_plates_in_s3, on_s3, resolve_platemaps, s3_keys
+from cytoagg.config import (
+    PLATE_NAME, check_config, check_first_plate_columns, check_plates_in_s3, on_s3, plate_path, resolve_platemaps,
+    s3_keys,
+)
+from cytoagg.profiles.pipelines import profile_key
 
 R = config["results"].rstrip("/")
 # (doubled braces: Snakemake formats the prefix like the command)
@@ -29,10 +33,17 @@ VALIDATION_PLATES = list(config["plates"]["validation"])
 PLATES = TRAIN_PLATES + VALIDATION_PLATES
 SYNTHETIC = config["dataset"]["path"] is None
 MODEL_CHECKPOINT = config["train"]["checkpoint"]
-BASELINES = list(dict.fromkeys(["mean", *config["evaluate"]["baselines"]]))  # the mean (BM) always
-METHODS = ["model", *BASELINES]
 MD = config["metadata"]
 EVAL = config["evaluate"]
+BASELINES = list(dict.fromkeys(["mean", *EVAL["baselines"]]))  # the mean always
+CONTROLS = list(EVAL["controls"])  # the model's controls (untrained network, network on well means)
+PIPELINES = list(dict.fromkeys(["raw", *EVAL["pipelines"]]))  # raw always
+if EXPERIMENT:  # the toy experiments compare the model with the mean, as the original did
+    BASELINES, CONTROLS, PIPELINES = ["mean"], [], ["raw"]
+METHODS = ["model", *CONTROLS, *BASELINES]
+PLATE_PIPELINES = [p for p in PIPELINES if p in ("negcon_mad", "negcon_mad_sphere")]  # one job per plate
+PROFILES = {profile_key(m, p): (m, p) for m in METHODS for p in PIPELINES}  # every method through every pipeline
+PLATE_PIPELINE_PROFILES = [profile_key(m, p) for m in METHODS for p in PLATE_PIPELINES]
 SWEEP_SIZES = sorted(set(EVAL["sampling_sweep"]))
 # Precision-recall curves and effective ranks look at held-out plates (the training plates if there are none).
 DIAGNOSTIC_PLATES = VALIDATION_PLATES or TRAIN_PLATES
@@ -86,6 +97,9 @@ if on_s3(config["dataset"]["path"]) and workflow.is_main_process:
     remember_objects(check_plates_in_s3(config, s3_list, s3_exists))
 
 PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES, s3_exists, s3_local_copy)
+# the metadata settings against the first plate's columns (not for a plate in S3: that would download it)
+if not EXPERIMENT and not on_s3(config["dataset"]["path"]):
+    check_first_plate_columns(config, PLATEMAPS)
 
 
 # Plate names: letters, digits, underscores and hyphens, single dots between them; so no slashes, spaces,
@@ -154,6 +168,7 @@ SPLITS = dict(
 NORMALIZATION = {k: v for k, v in config["normalize"].items() if k != "memory_mb"}
 # What training depends on, of the train: section (threads, a given checkpoint and the embedding do not).
 TRAIN_SETTINGS = {k: v for k, v in config["train"].items() if k not in ("checkpoint", "threads", "embedding")}
+PIPELINE_SETTINGS = settings(annotation=ANNOTATION, pipelines=PIPELINES, sphering=EVAL["sphering"])
 EMBED_SETTINGS = settings(
     annotation=ANNOTATION, embedding=config["train"]["embedding"], device=config["train"]["device"],
     normalization=NORMALIZATION,
@@ -164,15 +179,24 @@ def train_settings(split):
     return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **TRAIN_SETTINGS)
 
 
-def ingest_settings(platemap):
+def ingest_settings(platemap, plate=None):
     return settings(
         annotation=ANNOTATION,
         format="sqlite" if SYNTHETIC else config["dataset"]["format"],
         platemap=(platemap or [None])[0],
         compartments=config["dataset"]["compartments"],
+        hub=config["dataset"]["hub"],
+        links=config["dataset"]["links"],
         features=config["dataset"]["features"],
         blocklist=config["dataset"]["blocklist"],
+        max_cells_without_image=config["dataset"]["max_cells_without_image"],
+        require_negcon=plate not in config["plates"]["without_negcon"],
     )
+
+
+def plate_ingest_settings(wildcards):
+    """ingest's settings where they differ between plates (each its own platemap, or plates without controls)."""
+    return ingest_settings(PLATEMAP(wildcards) if callable(PLATEMAP) else PLATEMAP, wildcards.plate)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -180,7 +204,7 @@ def ingest_settings(platemap):
 
 def raw_plate(wildcards):
     """A user's plate file, where dataset.path has braces besides {plate} (see RAW_PLATE)."""
-    return from_storage(config["dataset"]["path"].format(plate=wildcards.plate))
+    return from_storage(plate_path(config["dataset"]["path"], wildcards.plate))
 
 
 def plate_platemap(wildcards):
@@ -211,11 +235,22 @@ if not RANK_WITHIN_PLATE:
     RANKED_AGAINST = {p: list(s) for s in (TRAIN_PLATES, VALIDATION_PLATES) for p in s}
 
 
-def ranked_profiles(method):
-    """evaluate's input for one method: a pattern where each plate is ranked against itself alone."""
+def profile_file(method, pipeline, plate="{plate}"):
+    """A plate's well profiles of one method through one pipeline (raw: as aggregated or embedded)."""
+    if pipeline == "raw":
+        return f"{R}/profiles/{method}/{plate}.parquet"
+    return f"{R}/pipelines/{pipeline}/{method}/{plate}.parquet"
+
+
+def ap_file(method, pipeline, plate="{plate}"):
+    return f"{R}/ap/{pipeline}/{method}/{plate}.parquet"
+
+
+def ranked_profiles(method, pipeline):
+    """evaluate's input for one profile: a pattern where each plate is ranked against itself alone."""
     if RANK_WITHIN_PLATE:
-        return f"{R}/profiles/{method}/{{plate}}.parquet"
-    return lambda w: [f"{R}/profiles/{method}/{p}.parquet" for p in RANKED_AGAINST.get(w.plate, [w.plate])]
+        return profile_file(method, pipeline)
+    return lambda w: [profile_file(method, pipeline, p) for p in RANKED_AGAINST.get(w.plate, [w.plate])]
 
 
 def model_path():
@@ -273,12 +308,19 @@ if SWEEP_SIZES:
     ]
 
 
-# Every method's profiles of all plates as one AnnData file each (rule export_anndata)
-ANNDATA_OUTPUTS = [f"{R}/anndata/{m}.h5ad" for m in METHODS]
+# The report's description (the Snakefile's report: directive), an output of the workflow: an absolute path,
+# since Snakemake resolves the directive against the Snakefile's folder.
+FRONT_PAGE = os.path.abspath(f"{R}/report/front_page.rst")
+
+
+# Every profile (method x pipeline) of all plates as one AnnData file each (rule export_anndata)
+ANNDATA_OUTPUTS = [f"{R}/anndata/{key}.h5ad" for key in PROFILES] if config["export"]["anndata"] else []
 
 
 def all_outputs():
     return [
+        FRONT_PAGE,
+        f"{R}/tables/verdict.md",
         f"{R}/tables/map_per_plate.csv",
         f"{R}/tables/map_per_plate.md",
         f"{R}/plots/map_per_plate.png",

@@ -9,7 +9,7 @@ rule effective_rank:
         features=f"{R}/features.txt",
     output:
         summary=report(
-            f"{R}/tables/effective_rank.csv", caption="../report/effective_rank_table.rst", category="Model"
+            f"{R}/tables/effective_rank.csv", caption="../report/effective_rank_table.rst", category="5. Model"
         ),
         spectra=f"{R}/tables/effective_rank_spectra.csv",
     params:

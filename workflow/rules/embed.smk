@@ -1,12 +1,14 @@
-# The model's well profiles: every well of every plate from ALL its cells (no sampling).
+# The model's well profiles: every well of every plate from ALL its cells (no sampling), with the model's
+# controls from the same read of the plate: the untrained network, and the network trained on well means.
 
 
 rule embed:
     input:
         normalized=f"{R}/normalized/{{plate}}.parquet",
         model=model_path(),
+        mlp_on_mean=[f"{R}/controls/mlp_on_mean/model.pt"] if "mlp_on_mean" in CONTROLS else [],
     output:
-        f"{R}/profiles/model/{{plate}}.parquet",
+        **{m: f"{R}/profiles/{m}/{{plate}}.parquet" for m in ["model", *CONTROLS]},
     params:
         settings=EMBED_SETTINGS,
     log:
@@ -21,5 +23,7 @@ rule embed:
     conda:
         f"{ENVS}/torch.yaml"
     shell:
-        "python -m cytoagg embed --normalized {input.normalized:q} --checkpoint {input.model:q} --out {output:q} "
+        "python -m cytoagg embed --normalized {input.normalized:q} --checkpoint {input.model:q} "
+        "--mlp-on-mean {input.mlp_on_mean:q} "
+        f"{named_file_args('--out', ['model', *CONTROLS], 'output')} "
         "--plate {wildcards.plate:q} --threads {threads} --params {params.settings:q} 2> {log:q}"

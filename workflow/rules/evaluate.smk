@@ -1,13 +1,13 @@
 # Replicate retrieval per plate: each well queries the other wells of its plate (or of every plate of
-# its split, evaluate.reference: split). One job per plate evaluates every method (the model and each
-# baseline): a job per plate and step keeps the DAG small for thousands of plates (benchmarks/dag.md).
+# its split, evaluate.reference: split). One job per plate evaluates every profile (every method through every
+# pipeline): a job per plate and step keeps the DAG small for thousands of plates (benchmarks/dag.md).
 
 
 rule evaluate:
     input:
-        **{m: ranked_profiles(m) for m in METHODS},
+        **{k: ranked_profiles(m, p) for k, (m, p) in PROFILES.items()},
     output:
-        **{m: f"{R}/ap/{m}/{{plate}}.parquet" for m in METHODS},
+        **{k: ap_file(m, p) for k, (m, p) in PROFILES.items()},
     params:
         settings=settings(
             annotation=ANNOTATION,
@@ -22,12 +22,12 @@ rule evaluate:
         f"{R}/benchmarks/evaluate/{{plate}}.tsv"
     threads: 1
     resources:
-        # one method's profiles in memory at a time: one plate's are small (384 wells); every plate of a split's may not be
+        # one profile's wells in memory at a time: one plate's are small (384 wells); every plate of a split's may not be
         mem_mb=1000 if RANK_WITHIN_PLATE else mem_from_input(factor=2, floor=1000),
         runtime=10 if RANK_WITHIN_PLATE else runtime_from_input(floor=10, per_gb=10),
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        f"python -m cytoagg evaluate {named_file_args('--profiles', METHODS, 'input')} "
-        f"{named_file_args('--out', METHODS, 'output')} "
+        f"python -m cytoagg evaluate {named_file_args('--profiles', PROFILES, 'input')} "
+        f"{named_file_args('--out', PROFILES, 'output')} "
         "--plate {wildcards.plate:q} --params {params.settings:q} 2> {log:q}"

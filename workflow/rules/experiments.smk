@@ -63,8 +63,9 @@ use rule embed as toy_embed with:
     input:
         normalized=f"{TOY}/{{plate}}/validation.parquet",
         model=f"{TOY}/{{plate}}/model.pt",
+        mlp_on_mean=[],
     output:
-        f"{TOY}/{{plate}}/profiles/model.parquet",
+        model=f"{TOY}/{{plate}}/profiles/model.parquet",
     log:
         f"{R}/logs/toy_embed/{{plate}}.log",
     benchmark:
@@ -78,6 +79,7 @@ use rule aggregate as toy_aggregate with:
     input:
         normalized=f"{TOY}/{{plate}}/validation.parquet",
         features=f"{TOY}/{{plate}}/features.txt",
+        covariance=[],
     output:
         **{b: f"{TOY}/{{plate}}/profiles/{b}.parquet" for b in BASELINES},
     log:
@@ -90,9 +92,9 @@ use rule aggregate as toy_aggregate with:
 
 use rule evaluate as toy_evaluate with:
     input:
-        **{m: f"{TOY}/{{plate}}/profiles/{m}.parquet" for m in METHODS},
+        **{k: f"{TOY}/{{plate}}/profiles/{m}.parquet" for k, (m, p) in PROFILES.items()},
     output:
-        **{m: f"{TOY}/{{plate}}/ap/{m}.parquet" for m in METHODS},
+        **{k: f"{TOY}/{{plate}}/ap/{m}.parquet" for k, (m, p) in PROFILES.items()},
     log:
         f"{R}/logs/toy_evaluate/{{plate}}.log",
     benchmark:

@@ -1,25 +1,23 @@
-# Every method's well profiles (the model's and each baseline's), all plates of the run in one AnnData file
-# per method, for scanpy / scverse users: obs = the Metadata_* columns, var = the feature names, X = the
-# profiles (cytoagg.profiles.export). The Parquet profiles stay as they are; this only adds a copy.
-#
-# The file is named after what it holds, {method}.h5ad. A further dimension of profiles (e.g. a processing
-# pipeline applied to each method's profiles) becomes {method}__{pipeline}.h5ad with its own input pattern;
-# `method` is constrained to the method names so that the two patterns never match each other's files.
+# Every profile of the run (each method, the model's and its controls' and the baselines', through each profile
+# pipeline) also as one AnnData file with all plates, for scanpy / scverse users: obs = the Metadata_* columns,
+# var = the feature names, X = the profiles (cytoagg.profiles.export). The Parquet profiles stay as they are.
+# The file is named like the profile's key in the tables and rules: {method}__{pipeline}.h5ad (profile_key).
 
 
 rule export_anndata:
     input:
-        expand(f"{R}/profiles/{{{{method}}}}/{{plate}}.parquet", plate=PLATES),
+        lambda w: [profile_file(w.method, w.pipeline, p) for p in PLATES],
     output:
-        f"{R}/anndata/{{method}}.h5ad",
+        f"{R}/anndata/{profile_key('{method}', '{pipeline}')}.h5ad",
     wildcard_constraints:
         method="|".join(METHODS),
+        pipeline="|".join(PIPELINES),
     params:
         settings=settings(**ANNOTATION),
     log:
-        f"{R}/logs/export_anndata/{{method}}.log",
+        f"{R}/logs/export_anndata/{profile_key('{method}', '{pipeline}')}.log",
     benchmark:
-        f"{R}/benchmarks/export_anndata/{{method}}.tsv"
+        f"{R}/benchmarks/export_anndata/{profile_key('{method}', '{pipeline}')}.tsv"
     threads: 1
     resources:
         mem_mb=1000,  # the metadata of every plate, the features of one plate at a time
@@ -29,4 +27,4 @@ rule export_anndata:
     # The file list goes through a pipe (printf is a shell builtin), not on a command line.
     shell:
         "printf '%s\\n' {input:q} | python -m cytoagg export-anndata --profile-list - --method {wildcards.method:q} "
-        "--out {output:q} --params {params.settings:q} 2> {log:q}"
+        "--pipeline {wildcards.pipeline:q} --out {output:q} --params {params.settings:q} 2> {log:q}"

@@ -9,9 +9,13 @@ rule ingest:
     output:
         f"{R}/ingested/{{plate}}.parquet",
     params:
-        # a constant where every plate has the same platemap, else a function of the wildcards alone
+        # a constant where every plate has the same settings, else a function of the wildcards alone
         # (Snakemake leaves params that take `input` out of its rerun trigger)
-        settings=ingest_settings(PLATEMAP) if isinstance(PLATEMAP, list) else lambda w: ingest_settings(plate_platemap(w)),
+        settings=(
+            ingest_settings(PLATEMAP)
+            if isinstance(PLATEMAP, list) and not config["plates"]["without_negcon"]
+            else plate_ingest_settings
+        ),
     log:
         f"{R}/logs/ingest/{{plate}}.log",
     benchmark:

@@ -6,7 +6,7 @@ rule plot_map:
     input:
         f"{R}/tables/map_per_plate.csv",
     output:
-        report(f"{R}/plots/map_per_plate.png", caption="../report/map_per_plate.rst", category="Evaluation"),
+        report(f"{R}/plots/map_per_plate.png", caption="../report/map_per_plate.rst", category="2. Evaluation"),
     log:
         f"{R}/logs/plot_map.log",
     benchmark:
@@ -24,7 +24,7 @@ rule plot_pr_curves:
     input:
         **{m: f"{R}/profiles/{m}/{DIAGNOSTIC_PLATES[0]}.parquet" for m in METHODS},
     output:
-        report(f"{R}/plots/pr_curves.png", caption="../report/pr_curves.rst", category="Evaluation"),
+        report(f"{R}/plots/pr_curves.png", caption="../report/pr_curves.rst", category="2. Evaluation"),
     params:
         settings=settings(
             annotation=ANNOTATION,
@@ -51,7 +51,7 @@ rule plot_training:
     input:
         f"{R}/model/training_log.csv",
     output:
-        report(f"{R}/plots/training_curve.png", caption="../report/training_curve.rst", category="Training"),
+        report(f"{R}/plots/training_curve.png", caption="../report/training_curve.rst", category="4. Training"),
     log:
         f"{R}/logs/plot_training.log",
     benchmark:
@@ -69,7 +69,7 @@ rule plot_cells_per_well:
     input:
         expand(f"{R}/profiles/mean/{{plate}}.parquet", plate=PLATES),
     output:
-        report(f"{R}/plots/cells_per_well.png", caption="../report/cells_per_well.rst", category="Data"),
+        report(f"{R}/plots/cells_per_well.png", caption="../report/cells_per_well.rst", category="7. Data"),
     params:
         settings=settings(**ANNOTATION),
     log:
@@ -90,7 +90,7 @@ rule plot_effective_rank:
         summary=f"{R}/tables/effective_rank.csv",
         spectra=f"{R}/tables/effective_rank_spectra.csv",
     output:
-        report(f"{R}/plots/effective_rank.png", caption="../report/effective_rank.rst", category="Model"),
+        report(f"{R}/plots/effective_rank.png", caption="../report/effective_rank.rst", category="5. Model"),
     log:
         f"{R}/logs/plot_effective_rank.log",
     benchmark:
@@ -110,7 +110,7 @@ rule plot_sampling_sweep:
         table=f"{R}/tables/sampling_sweep.csv",
         profiles=expand(f"{R}/profiles/mean/{{plate}}.parquet", plate=PLATES),
     output:
-        report(f"{R}/plots/sampling_sweep.png", caption="../report/sampling_sweep.rst", category="Sampling"),
+        report(f"{R}/plots/sampling_sweep.png", caption="../report/sampling_sweep.rst", category="6. Sampling"),
     params:
         settings=settings(**ANNOTATION),
     log:
@@ -125,3 +125,25 @@ rule plot_sampling_sweep:
     shell:
         "python -m cytoagg plot-sampling-sweep --table {input.table:q} --profiles {input.profiles:q} --out {output:q} "
         "--params {params.settings:q} 2> {log:q}"
+
+
+# The report's front page (the Snakefile's report: directive): the verdict and the mAP-per-plate figure.
+rule front_page:
+    input:
+        verdict=f"{R}/tables/verdict.csv",
+        table=f"{R}/tables/map_per_plate.csv",
+        figure=f"{R}/plots/map_per_plate.png",
+    output:
+        FRONT_PAGE,
+    log:
+        f"{R}/logs/front_page.log",
+    benchmark:
+        f"{R}/benchmarks/front_page.tsv"
+    threads: 1
+    resources:
+        **SMALL,
+    conda:
+        f"{ENVS}/plots.yaml"
+    shell:
+        "python -m cytoagg front-page --verdict {input.verdict:q} --table {input.table:q} --figure {input.figure:q} "
+        "--out {output:q} 2> {log:q}"

@@ -38,7 +38,7 @@ rule summarize_sampling_sweep:
     input:
         expand(f"{R}/sampling_sweep/{{plate}}.parquet", plate=PLATES),
     output:
-        csv=report(f"{R}/tables/sampling_sweep.csv", caption="../report/sampling_sweep_table.rst", category="Sampling"),
+        csv=report(f"{R}/tables/sampling_sweep.csv", caption="../report/sampling_sweep_table.rst", category="6. Sampling"),
         md=f"{R}/tables/sampling_sweep.md",
     params:
         settings=settings(**SPLITS),

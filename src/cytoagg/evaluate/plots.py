@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 
 from ..io.columns import Annotation  # noqa: E402
 from ..io.files import atomic_path  # noqa: E402
+from ..io.parquet import read_parquet  # noqa: E402
 
 
 def _save(fig, out) -> None:
@@ -19,26 +20,49 @@ def _save(fig, out) -> None:
     plt.close(fig)
 
 
+def best_pipelines(long: pd.DataFrame) -> pd.DataFrame:
+    """The long table's rows of each method at its best pipeline (chosen on the headline's key cell)."""
+    from .summarize import key_cell, split_means
+
+    if "profile_pipeline" not in long.columns:
+        return long.assign(label=long["method"])
+    cell = key_cell(long)
+    means = split_means(long, *cell) if cell else pd.Series(dtype=float)
+    chosen = {m: means.xs(m, level="method").idxmax() for m in means.index.get_level_values("method").unique()}
+    for m in set(long.method) - set(chosen):
+        chosen[m] = "raw"
+    keep = long[[chosen[m] == p for m, p in zip(long.method, long.profile_pipeline)]]
+    return keep.assign(label=[m if p == "raw" else f"{m} ({p})" for m, p in zip(keep.method, keep.profile_pipeline)])
+
+
 def plot_map_per_plate(long: pd.DataFrame, out) -> None:
-    """Grouped bars: mAP per plate for each method, one panel per compound split."""
-    parts = [p for p in ("train", "validation") if (long.compound_split == p).any()]
-    methods = list(dict.fromkeys(["model", *sorted(long.method.unique())]))
-    methods = [m for m in methods if m in set(long.method)]
-    fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False, sharey=True)
+    """Grouped bars: mAP per plate for each method at its best pipeline, one panel per compound split."""
+    long = best_pipelines(long)
+    parts = [p for p in ("train", "validation") if ((long.compound_split == p) & (long.n_queries > 0)).any()]
+    order = ["model", "model_untrained", "mlp_on_mean"]
+    methods = [m for m in order if m in set(long.method)] + sorted(set(long.method) - set(order))
+    labels = long.drop_duplicates("method").set_index("method")["label"]
+    n_plates = long.plate.nunique()
+    fig, axes = plt.subplots(1, max(len(parts), 1), figsize=(max(6, 1.1 * n_plates * len(methods) / 3) * len(parts), 4.6),
+                             squeeze=False, sharey=True)
     for ax, part in zip(axes[0], parts):
         sub = long[long.compound_split == part]
         plates = list(dict.fromkeys(sub.sort_values(["plate_split", "plate"]).plate))
         width = 0.8 / len(methods)
         for i, m in enumerate(methods):
             vals = sub[sub.method == m].set_index("plate").reindex(plates)["mAP"]
-            ax.bar(np.arange(len(plates)) + i * width, vals, width, label=m)
+            ax.bar(np.arange(len(plates)) + i * width, vals, width, label=labels[m], color=f"C{i}",
+                   edgecolor="black" if m == "model" else "none", linewidth=0.8)
         split_of = sub.drop_duplicates("plate").set_index("plate")["plate_split"]
         ax.set_xticks(np.arange(len(plates)) + 0.4 - width / 2)
-        ax.set_xticklabels([f"{p}\n({split_of[p]})" for p in plates], fontsize=8)
+        ax.set_xticklabels([f"{p}\n({split_of[p]})" for p in plates], fontsize=8, rotation=30 if n_plates > 6 else 0,
+                           ha="right" if n_plates > 6 else "center")
         ax.set_title(f"{part} compounds")
         ax.set_ylabel("mAP")
         ax.set_ylim(0, 1)
-    axes[0][-1].legend(fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(names)),
+               frameon=False)
     _save(fig, out)
 
 
@@ -184,7 +208,7 @@ def plot_effective_rank(summary: pd.DataFrame, spectra: pd.DataFrame, out) -> No
 
 def cells_per_well(profile_files, annotation: Annotation) -> pd.DataFrame:
     """plate, n_cells: one row per well of the given per-well profile files (``Metadata_n_cells``)."""
-    frames = [pd.read_parquet(f, columns=[annotation.plate_col, "Metadata_n_cells"]) for f in profile_files]
+    frames = [read_parquet(f, [annotation.plate_col, "Metadata_n_cells"]) for f in profile_files]
     df = pd.concat(frames).rename(columns={annotation.plate_col: "plate", "Metadata_n_cells": "n_cells"})
     return df.astype({"n_cells": int})
 

@@ -18,6 +18,7 @@ import pandas as pd
 from ..io.cells import PlateCells, load_plate_cells
 from ..io.columns import Annotation
 from ..io.files import InputError, write_table, write_text
+from ..io.parquet import read_parquet
 from ..settings import Settings
 from .retrieval import _retrieval
 from .summarize import Splits, add_splits, to_markdown
@@ -191,7 +192,7 @@ def compact_sweep(long: pd.DataFrame) -> pd.DataFrame:
 
 def summarize_sampling_sweep(files, out_csv, out_md, splits: Splits) -> pd.DataFrame:
     """The sweep's summary step: every plate's sweep (``files``) -> ``out_csv`` (long) and ``out_md`` (compact)."""
-    ap = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    ap = pd.concat([read_parquet(f) for f in files], ignore_index=True)
     long, compact = summarize_sweep(ap, splits)
     write_table(long, out_csv)
     write_text(

@@ -2,45 +2,57 @@
 
 from __future__ import annotations
 
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from collections.abc import Sequence
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..io.columns import is_metadata, metadata_columns
 from ..io.files import InputError
+from ..io.parquet import CHECKSUMS, profile_schema, to_arrow
 from .compartments import attach_images, compartment_features, link_compartments, merge_objects
 from .formats import check_csv_complete
+from .single_cell import SingleCellParquet
 from .source import IMAGE_NUMBER, IMAGE_NUMBER_META, IMAGE_RANK, OBJECT_NUMBER, Source, order_images
 
 
 class CellProfilerCsvSource(Source):
-    """CellProfiler ExportToSpreadsheet output: one folder per site holding Image.csv and ``<Compartment>.csv``.
+    """CellProfiler ExportToSpreadsheet output: folders holding Image.csv and ``<Compartment>.csv`` (file names in
+    any case, plain or gzipped: cytominer-database's ``image.csv``/``cells.csv`` layout too).
 
     Object columns are unprefixed (``AreaShape_Area``) and get the compartment prefix here. ImageNumber is only
     unique within a folder, so each folder is merged on its own. A single folder holding Image.csv directly
-    is read as one site folder (whole in memory).
+    is read as one site folder. A folder may hold the images of any number of wells, as long as each image names
+    its well: when one per folder, folders are read in well order (memory: one folder); otherwise the merged cells
+    go through a temporary Parquet file and are read back by well (memory: one row group).
     """
 
     format = "cp_csv"
 
-    def __init__(self, path: Path, compartments: Sequence[str], well_col: str):
+    def __init__(self, path: Path, compartments: Sequence[str], well_col: str, workdir: Path | None = None,
+                 hub: str | None = None, links: dict | None = None):
         self.path, self.well_col, self.compartments = path, well_col, list(compartments)
-        self.sites = [path] if (path / "Image.csv").is_file() else sorted(
-            p for p in path.iterdir() if p.is_dir() and (p / "Image.csv").is_file()
+        self.workdir = workdir or path.parent
+        self.orphans: dict[str, int] = {}  # "site/ImageNumber n" -> objects whose image has no row in Image.csv
+        self.sites = [path] if csv_file(path, "Image") else sorted(
+            p for p in path.iterdir() if p.is_dir() and csv_file(p, "Image")
         )
         if not self.sites:
-            raise InputError(f"{path}: no Image.csv here or in any sub-folder")
+            raise InputError(f"{path}: no Image.csv (or image.csv) here or in any sub-folder")
         for site in self.sites:
             for c in self.compartments:
-                if not (site / f"{c}.csv").is_file():
+                if not csv_file(site, c):
                     raise InputError(f"{site / f'{c}.csv'}: missing compartment file for {c}")
-                check_csv_complete(site / f"{c}.csv")
-            check_csv_complete(site / "Image.csv")
+                check_csv_complete(csv_file(site, c))
+            check_csv_complete(csv_file(site, "Image"))
         first = self.sites[0]
-        table_columns = {c: self._object_header(first / f"{c}.csv", c) for c in self.compartments}
-        self.links = link_compartments(table_columns, {c: str(first / f"{c}.csv") for c in self.compartments})
-        image_header = pd.read_csv(first / "Image.csv", nrows=0).columns
+        table_columns = {c: self._object_header(csv_file(first, c), c) for c in self.compartments}
+        self.links = link_compartments(table_columns, {c: str(csv_file(first, c)) for c in self.compartments},
+                                       hub=hub, links=links)
+        image_header = read_csv(csv_file(first, "Image"), nrows=0).columns
         self.columns = [*metadata_columns(image_header), IMAGE_NUMBER_META, OBJECT_NUMBER]
         self.columns += [c for cols in table_columns.values() for c in cols if c != IMAGE_NUMBER]
 
@@ -50,13 +62,13 @@ class CellProfilerCsvSource(Source):
 
     def _object_header(self, path: Path, compartment: str) -> list[str]:
         """Prefixed column names; per-object copies of image metadata are left to Image.csv."""
-        header = pd.read_csv(path, nrows=0).columns
+        header = read_csv(path, nrows=0).columns
         return [self._prefix(c, compartment) for c in header if not is_metadata(c)]
 
     def _read_objects(self, site: Path, compartment: str, columns: list[str]) -> pd.DataFrame:
         wanted = set(columns)
-        path = site / f"{compartment}.csv"
-        frame = pd.read_csv(path, usecols=lambda c: self._prefix(c, compartment) in wanted and not is_metadata(c))
+        path = csv_file(site, compartment)
+        frame = read_csv(path, usecols=lambda c: self._prefix(c, compartment) in wanted and not is_metadata(c))
         frame.columns = [self._prefix(c, compartment) for c in frame.columns]
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -66,19 +78,14 @@ class CellProfilerCsvSource(Source):
     def _images(self, metadata: list[str]) -> pd.DataFrame:
         frames = []
         for i, site in enumerate(self.sites):
-            path = site / "Image.csv"
+            path = csv_file(site, "Image")
             wanted = {IMAGE_NUMBER, *metadata}
-            frame = pd.read_csv(path, usecols=lambda c: c in wanted, dtype=str)
+            frame = read_csv(path, usecols=lambda c: c in wanted, dtype=str)
             missing = [c for c in wanted if c not in frame.columns]
             if missing:
                 raise InputError(f"{path}: missing column(s) {missing[:10]}")
             frames.append(frame.assign(**{IMAGE_NUMBER: frame[IMAGE_NUMBER].astype("int64"), "_site": i}))
-        images = order_images(pd.concat(frames, ignore_index=True), self.well_col, self.path, ["_site", IMAGE_NUMBER])
-        mixed = images.groupby("_site")[self.well_col].nunique()
-        if len(self.sites) > 1 and (mixed > 1).any():
-            site = self.sites[mixed.index[mixed > 1][0]]
-            raise InputError(f"{site / 'Image.csv'}: a site folder holds images of several wells")
-        return images
+        return order_images(pd.concat(frames, ignore_index=True), self.well_col, self.path, ["_site", IMAGE_NUMBER])
 
     def _read_site(self, i: int, images: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         frames = {
@@ -86,11 +93,14 @@ class CellProfilerCsvSource(Source):
             for c in self.compartments
         }
         site_images = images[images["_site"] == i].drop(columns="_site")
-        return attach_images(merge_objects(frames, self.links), site_images, self.links)
+        cells = merge_objects(frames, self.links)
+        orphan = ~cells[IMAGE_NUMBER].isin(site_images[IMAGE_NUMBER])
+        for number, n in cells.loc[orphan, IMAGE_NUMBER].value_counts().items():
+            self.orphans[f"{self.sites[i].name}/ImageNumber {number}"] = int(n)
+        return attach_images(cells, site_images, self.links)
 
-    def batches(self, metadata, features, chunk_rows):
-        source_metadata = [m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]
-        images = self._images(source_metadata)
+    def _sites_in_order(self, images: pd.DataFrame, metadata, features, chunk_rows) -> Iterator[pd.DataFrame]:
+        """Each folder's merged cells, folders in the order of their first image, in chunks of about chunk_rows."""
         site_order = images.groupby("_site")[IMAGE_RANK].min().sort_values().index
         pending, n = [], 0
         for i in site_order:
@@ -101,3 +111,43 @@ class CellProfilerCsvSource(Source):
                 pending, n = [], 0
         if pending:
             yield pd.concat(pending, ignore_index=True)
+
+    def batches(self, metadata, features, chunk_rows):
+        source_metadata = [m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]
+        images = self._images(source_metadata)
+        if (images.groupby("_site")[self.well_col].nunique() <= 1).all():  # one well per folder: already in order
+            yield from self._sites_in_order(images, metadata, features, chunk_rows)
+            return
+        # folders of several wells (cytominer-database's layout, or one folder for a plate): merged cells go
+        # through a temporary Parquet file, read back by well (stable: within a well, folder then image order)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
+        with tempfile.TemporaryDirectory(dir=self.workdir, prefix=".ingest-") as tmp:
+            target = Path(tmp) / "cells.parquet"
+            with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
+                for frame in self._sites_in_order(images, metadata, features, chunk_rows):
+                    writer.write_table(to_arrow(frame, schema))
+            source = SingleCellParquet(target, self.well_col, label=self.path)
+            try:
+                yield from source.batches(metadata, features, chunk_rows)
+            finally:
+                source.close()
+
+
+def csv_file(folder: Path, name: str) -> Path | None:
+    """``<name>.csv`` or ``<name>.csv.gz`` in ``folder``, the name in any case; None if absent."""
+    wanted = {f"{name}.csv".lower(), f"{name}.csv.gz".lower()}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.lower() in wanted:
+            return path
+    return None
+
+
+def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` with a bad file named in the error (an empty site file named, not its plate folder)."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as e:
+        raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from None

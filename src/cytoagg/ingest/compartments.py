@@ -33,17 +33,27 @@ def object_number_column(columns: Sequence[str], compartment: str, where: str) -
     raise InputError(f"{where}: no object number column {compartment}_Number_Object_Number")
 
 
-def link_compartments(columns: dict[str, list[str]], where: dict[str, str]) -> Links:
-    """pycytominer's default merge: Cytoplasm is the hub, linked to Cells and Nuclei by its parent columns."""
-    hub = "Cytoplasm" if "Cytoplasm" in columns else next(iter(columns))
+def link_compartments(columns: dict[str, list[str]], where: dict[str, str], hub: str | None = None,
+                      links: dict[str, str] | None = None) -> Links:
+    """How the compartments join (config ``dataset.hub`` and ``dataset.links``). The default is pycytominer's
+    merge: Cytoplasm is the hub, linked to Cells and Nuclei by its parent columns (``Cytoplasm_Parent_Cells``);
+    other segmentations (e.g. JUMP's ``Cells_Cellpose3``) name their hub and link columns."""
+    hub = hub or ("Cytoplasm" if "Cytoplasm" in columns else next(iter(columns)))
+    links = dict(links or {})
+    if hub not in columns:
+        raise InputError(f"dataset.hub {hub!r} is not one of dataset.compartments {list(columns)}")
+    unknown = sorted(set(links) - set(columns) - {hub})
+    if unknown:
+        raise InputError(f"dataset.links names {unknown}, which are not in dataset.compartments {list(columns)}")
     parent = {}
     for compartment in columns:
         if IMAGE_NUMBER not in columns[compartment]:
             raise InputError(f"{where[compartment]}: no column {IMAGE_NUMBER}")
         if compartment != hub:
-            parent[compartment] = f"{hub}_Parent_{compartment}"
+            parent[compartment] = links.get(compartment, f"{hub}_Parent_{compartment}")
             if parent[compartment] not in columns[hub]:
-                raise InputError(f"{where[hub]}: no column {parent[compartment]} to link {compartment} to {hub}")
+                raise InputError(f"{where[hub]}: no column {parent[compartment]} to link {compartment} to {hub} "
+                                 "(dataset.links)")
     numbers = {c: object_number_column(cols, c, where[c]) for c, cols in columns.items()}
     return Links(hub, parent, numbers)
 

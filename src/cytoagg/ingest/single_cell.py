@@ -1,4 +1,8 @@
-"""Single-cell tables already in pycytominer layout: Parquet, or CSV (converted to a temporary Parquet)."""
+"""Single-cell tables already in pycytominer layout: Parquet, or CSV (converted to a temporary Parquet).
+
+pycytominer's own single-cell outputs (``SingleCells.merge_single_cells``: ``Image_Metadata_Well``,
+``Image_Metadata_Plate``, ``Metadata_TableNumber``, ...) are read as they are: ``Image_Metadata_X`` is read as
+``Metadata_X`` (:func:`cytoagg.ingest.source.image_metadata_names`)."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.parquet import check_parquet_file, profile_schema, to_arrow
+from ..io.parquet import CHECKSUMS, check_parquet_file, profile_schema, to_arrow
 from .formats import check_csv_complete
-from .source import Source, normalize_wells, to_float32
+from .source import Source, image_metadata_names, normalize_wells, to_float32
 
 
 class SingleCellParquet(Source):
@@ -24,15 +28,18 @@ class SingleCellParquet(Source):
     def __init__(self, path: Path, well_col: str, label: Path | None = None):
         self.path = label or path
         check_parquet_file(path)
-        self.file = pq.ParquetFile(path)
+        self.file = pq.ParquetFile(path, page_checksum_verification=True)
         self.well_col = well_col
-        self.columns = list(self.file.schema_arrow.names)
+        physical = list(self.file.schema_arrow.names)
+        self.renames = image_metadata_names(physical)
+        self.columns = [self.renames.get(c, c) for c in physical]
+        self._physical = {out: c for c, out in self.renames.items()}
 
     def close(self) -> None:
         self.file.close()
 
     def _order(self) -> np.ndarray:
-        wells = self.file.read(columns=[self.well_col]).column(0).to_pandas()
+        wells = self.file.read(columns=[self._physical.get(self.well_col, self.well_col)]).column(0).to_pandas()
         wells = normalize_wells(wells.astype(object), self.path, self.well_col)
         return np.argsort(wells.to_numpy(dtype=str), kind="stable")
 
@@ -51,8 +58,8 @@ class SingleCellParquet(Source):
     def batches(self, metadata, features, chunk_rows):
         order = self._order()
         for start in range(0, len(order), chunk_rows):
-            frame = self._take(order[start : start + chunk_rows], [*metadata, *features])
-            frame = frame.to_pandas(ignore_metadata=True)
+            frame = self._take(order[start : start + chunk_rows], [self._physical.get(c, c) for c in [*metadata, *features]])
+            frame = frame.to_pandas(ignore_metadata=True).rename(columns=self.renames)
             yield frame.assign(**{self.well_col: normalize_wells(frame[self.well_col], self.path, self.well_col)})
 
 
@@ -64,15 +71,20 @@ class SingleCellCsv(Source):
     def __init__(self, path: Path, well_col: str, workdir: Path):
         self.path, self.well_col, self.workdir = path, well_col, workdir
         check_csv_complete(path)
-        self.columns = list(pd.read_csv(path, nrows=0).columns)
+        physical = list(pd.read_csv(path, nrows=0).columns)
+        self.renames = image_metadata_names(physical)
+        self.columns = [self.renames.get(c, c) for c in physical]
+        self._physical = {out: c for c, out in self.renames.items()}
 
     def _to_parquet(self, target: Path, metadata: list[str], features: list[str], chunk_rows: int) -> None:
         schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
+        physical = [self._physical.get(c, c) for c in metadata]
         reader = pd.read_csv(
-            self.path, usecols=[*metadata, *features], dtype=dict.fromkeys(metadata, str), chunksize=chunk_rows
+            self.path, usecols=[*physical, *features], dtype=dict.fromkeys(physical, str), chunksize=chunk_rows
         )
-        with pq.ParquetWriter(target, schema) as writer:
+        with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
             for chunk in reader:
+                chunk = chunk.rename(columns=self.renames)
                 frame = pd.concat([chunk[metadata], to_float32(chunk, features, self.path)], axis=1)
                 writer.write_table(to_arrow(frame, schema))
 

@@ -19,11 +19,14 @@ IMAGE_RANK = "_image_rank"
 
 
 class Tally:
-    """Cells written per well and cells dropped for lack of a platemap row; checks that wells stay contiguous."""
+    """Cells written per well, cells dropped for lack of a platemap row or of an image row (``orphans``: image ->
+    cells), and the values of the annotation's columns per well; checks that wells stay contiguous."""
 
     def __init__(self):
         self.cells_per_well: dict[str, int] = {}
         self.dropped_cells: dict[str, int] = {}
+        self.orphans: dict[str, int] = {}
+        self.well_values: dict[str, dict[str, str | None]] = {}  # column -> well -> value (None: missing)
         self.source_plates: set[str] = set()
         self._last: str | None = None
 
@@ -50,6 +53,22 @@ class Source:
     def close(self) -> None:
         pass
 
+
+
+IMAGE_PREFIX = "Image_"
+
+
+def image_metadata_names(columns: Sequence[str]) -> dict[str, str]:
+    """Renames of pycytominer's single-cell outputs (``SingleCells.merge_single_cells``): their image metadata
+    keep the Image table's prefix (``Image_Metadata_Well``); read as ``Metadata_Well`` unless that column exists."""
+    present = set(columns)
+    renames = {}
+    for c in columns:
+        if c.startswith(IMAGE_PREFIX + "Metadata_"):
+            name = c.removeprefix(IMAGE_PREFIX)
+            if name not in present and name not in renames.values():
+                renames[c] = name
+    return renames
 
 
 def normalize_wells(values: pd.Series, path: Path, column: str) -> pd.Series:

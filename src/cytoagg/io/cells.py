@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from .columns import Annotation
 from .files import InputError
-from .parquet import read_profiles
+from .parquet import read_arrow, read_profiles
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +68,23 @@ def load_plate_cells(path, features: list[str], plate: str, annotation: Annotati
     if not finite.all():
         meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
     cells = PlateCells.from_cells(plate, x, meta[well_col].to_numpy(), meta[perturbation_col].to_numpy())
-    return cells, well_metadata(meta, well_col), dropped
+    wells = well_metadata(meta, well_col)
+    if perturbation_col not in wells.columns:  # never write a profile without what it is a profile of
+        varies = meta.groupby(well_col)[perturbation_col].nunique(dropna=False)
+        raise InputError(f"{path}: {perturbation_col!r} differs between the cells of well(s) "
+                         f"{sorted(varies.index[varies > 1])[:10]}: each well must hold one perturbation")
+    return cells, wells, dropped
 
 
 def plate_name(path, annotation: Annotation) -> str:
     """The plate a per-cell or per-well file holds: its plate column's value (one per file)."""
-    values = pq.read_table(path, columns=[annotation.plate_col]).column(0).unique().to_pylist()
+    values = read_arrow(path, [annotation.plate_col]).column(0).unique().to_pylist()
     if len(values) != 1:
         raise InputError(f"{path}: expected one plate in column {annotation.plate_col}, found {values[:5]}")
     return str(values[0])
+
+
+_MISSING = "\x00missing"
 
 
 def well_metadata(meta: pd.DataFrame, well_col: str) -> pd.DataFrame:
@@ -87,7 +94,7 @@ def well_metadata(meta: pd.DataFrame, well_col: str) -> pd.DataFrame:
     first = np.r_[0, np.flatnonzero(wells[1:] != wells[:-1]) + 1]
     keep = {}
     for col in meta.columns:
-        values = meta[col].astype(str).to_numpy()
+        values = meta[col].astype("string").fillna(_MISSING).to_numpy(dtype=object)  # a missing value equals itself
         broadcast = np.repeat(values[first], np.diff(np.r_[first, len(values)]))
         if (values == broadcast).all():
             keep[col] = meta[col].to_numpy()[first]

@@ -5,6 +5,7 @@ One place decides what is a feature, so every step agrees.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ def feature_columns(columns: Iterable[str], compartments: Sequence[str] = COMPAR
     return [c for c in columns if is_feature(c, compartments)]
 
 
+def measurement_columns(columns: Iterable[str]) -> list[str]:
+    """The features of a table ingest wrote: every column but metadata and bookkeeping (whatever the compartments
+    were called: ingest chose the features of ``dataset.compartments``)."""
+    keys = {"ImageNumber", "ObjectNumber", "TableNumber"}
+    return [c for c in columns if not is_metadata(c) and not is_bookkeeping(c) and c not in keys]
+
+
 def metadata_columns(columns: Iterable[str]) -> list[str]:
     return [c for c in columns if is_metadata(c)]
 
@@ -54,6 +62,15 @@ def normalize_well(well: str) -> str:
     if m is None:
         raise ValueError(f"not a well name: {well!r} (expected a row letter and a column number, e.g. A01)")
     return f"{m.group(1).upper()}{int(m.group(2)):02d}"
+
+
+def close_matches(name: str, columns) -> list[str]:
+    """Columns a user may have meant by ``name``: same name with the Metadata_ prefix or another case, then similar."""
+    columns = list(dict.fromkeys(columns))
+    bare = name.removeprefix("Metadata_").lower()
+    exact = [c for c in columns if c.removeprefix("Metadata_").lower() == bare]
+    similar = difflib.get_close_matches(name, columns, n=5, cutoff=0.75)
+    return list(dict.fromkeys(exact + similar))[:5]
 
 
 def well_names(n_rows: int = 16, n_cols: int = 24) -> list[str]:

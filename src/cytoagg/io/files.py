@@ -106,7 +106,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
+            df.to_parquet(tmp, index=False, write_page_checksum=True)  # as cytoagg.io.parquet.CHECKSUMS
         elif path.suffix == ".csv":
             df.to_csv(tmp, index=False)
         else:

@@ -1,9 +1,15 @@
-"""Parquet layouts of cytoagg: per-well profiles and per-cell tables (``Metadata_*`` strings, float32 features)."""
+"""Parquet layouts of cytoagg: per-well profiles and per-cell tables (``Metadata_*`` strings, float32 features).
+
+Every Parquet file cytoagg writes carries page checksums (CRC32), and every read verifies them: bytes damaged
+after writing (a bad disk, a partial copy that kept its footer) are an error naming the file, not silently
+different numbers. Reads go through :func:`reading`, which turns Arrow's errors into one line naming the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,31 @@ from .columns import is_metadata, metadata_columns
 from .files import InputError, atomic_path
 
 ROW_GROUP_SIZE = 65_536
+CHECKSUMS = {"write_page_checksum": True}  # the options of every Parquet write
+
+
+@contextlib.contextmanager
+def reading(path) -> Iterator[None]:
+    """Arrow's read errors (damaged pages, failed checksums, truncation) as one InputError naming ``path``."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: damaged or unreadable Parquet file ({type(e).__name__}: {first})") from e
+
+
+def read_arrow(path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A Parquet file's table (page checksums verified); a bad file is an InputError naming it."""
+    check_parquet_file(Path(path))
+    with reading(path):
+        return pq.read_table(path, columns=None if columns is None else list(columns), page_checksum_verification=True)
+
+
+def read_parquet(path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A Parquet file as a DataFrame (page checksums verified); a bad file is an InputError naming it."""
+    table = read_arrow(path, columns)
+    with reading(path):
+        return table.to_pandas()
 
 
 def profile_schema(df: pd.DataFrame) -> pa.Schema:
@@ -44,11 +75,13 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
 def write_profiles(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a per-cell or per-well table (``Metadata_*`` strings + float32 features) atomically."""
     with atomic_path(path) as tmp:
-        pq.write_table(to_arrow(df), tmp, row_group_size=ROW_GROUP_SIZE)
+        pq.write_table(to_arrow(df), tmp, row_group_size=ROW_GROUP_SIZE, **CHECKSUMS)
 
 
 def parquet_columns(path: str | os.PathLike) -> list[str]:
-    return list(pq.read_schema(path).names)
+    check_parquet_file(Path(path))
+    with reading(path):
+        return list(pq.read_schema(path).names)
 
 
 def read_profiles(
@@ -70,7 +103,7 @@ def read_profiles(
                 f"{path}: {len(missing)} feature(s) required by the model/feature list are missing, "
                 f"e.g. {missing[:5]}"
             )
-    table = pq.read_table(path, columns=list(meta_cols) + list(features))
+    table = read_arrow(path, list(meta_cols) + list(features))
     meta = table.select(meta_cols).to_pandas()
     if features:
         x = np.column_stack(
@@ -108,10 +141,8 @@ def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
     """
     path = Path(path)
     check_parquet_file(path)
-    try:
-        return pq.ParquetFile(path, pre_buffer=False)
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+    with reading(path):
+        return pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
 
 
 ROW_GROUP_VALUES = 2**26  # feature values per row group at most (256 MB of float32): what ingest buffers, normalize reads at once
@@ -132,4 +163,4 @@ def cell_writer(path: str | os.PathLike, schema: pa.Schema) -> pq.ParquetWriter:
     """
     metadata = [f.name for f in schema if is_metadata(f.name)]
     compression = {f.name: "snappy" if is_metadata(f.name) else "none" for f in schema}
-    return pq.ParquetWriter(path, schema, use_dictionary=metadata, compression=compression)
+    return pq.ParquetWriter(path, schema, use_dictionary=metadata, compression=compression, **CHECKSUMS)

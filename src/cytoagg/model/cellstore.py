@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from ..io.cells import PlateCells, load_plate_cells
 from ..io.columns import Annotation
 from ..io.files import InputError, atomic_dir
+from ..io.parquet import CHECKSUMS, read_arrow
 
 
 CELLS, WELLS = "cells.npy", "wells.parquet"  # the two files of a cell store folder
@@ -32,7 +33,7 @@ def pack_cell_store(path, features: list[str], out_dir, plate: str, annotation: 
     with atomic_dir(out_dir) as tmp:
         with open(tmp / CELLS, "wb") as f:
             np.save(f, cells.x)
-        pq.write_table(table, tmp / WELLS)
+        pq.write_table(table, tmp / WELLS, **CHECKSUMS)
     return {"plate": plate, "n_cells": int(len(cells.x)), "n_wells": int(len(cells.wells)), "n_dropped": int(dropped.sum())}
 
 
@@ -42,7 +43,7 @@ def open_cell_store(store, annotation: Annotation) -> tuple[PlateCells, pd.DataF
     if not (store / CELLS).is_file() or not (store / WELLS).is_file():
         raise InputError(f"{store}: not a cell store (no {CELLS} and {WELLS} inside)")
     x = np.load(store / CELLS, mmap_mode="r")
-    table = pq.read_table(store / WELLS)
+    table = read_arrow(store / WELLS)
     plate = (table.schema.metadata or {}).get(b"cytoagg_plate", store.name.encode()).decode()
     wells = table.to_pandas()
     offsets = np.r_[wells["offset"].to_numpy(np.int64), len(x)]

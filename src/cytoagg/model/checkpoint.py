@@ -53,3 +53,10 @@ def load_model(checkpoint, device: str = "auto", threads: int = 1) -> TrainedMod
     dev = pick_device(device)
     payload = load_checkpoint(checkpoint)
     return TrainedModel(network_from_payload(payload, dev), dev, list(payload["features"]), payload, str(checkpoint))
+
+
+def untrained_network(payload: dict, device) -> DeepSets:
+    """The network a checkpoint's training started from: its model spec, initialized after seeding torch with its
+    training seed, as training does (the ``model_untrained`` control)."""
+    torch.manual_seed(int(payload["train_settings"]["seed"]))
+    return DeepSets(ModelSpec(**payload["model_spec"])).to(device).eval()

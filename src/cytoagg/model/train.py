@@ -7,6 +7,7 @@ written after every epoch lets a killed job resume where it stopped.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from .checkpoint import CHECKPOINT_FORMAT, save_torch
 from .inference import autocast, embed_cells
 from .loss import LOSSES
 from .network import DeepSets, ModelSpec, pick_device
-from .sampler import BatchGatherer, SetSampler, SetSizeSchedule, cells_tensor
+from .sampler import BatchGatherer, FixedSetSize, SetSampler, SetSizeSchedule, cells_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +93,24 @@ def _load_training_plate(store, features: list[str], annotation: Annotation) -> 
 def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set[str]], device) -> dict[str, float]:
     """Per split of compounds: mean over plates of per-plate mAP (mean over compounds of their wells' AP).
 
-    Each plate is embedded once (all cells per well) and scored for every split.
+    The yardstick of the final tables: each query well (a well of the split's compounds) ranks every other
+    non-control well of its plate, whatever its compound's split. Each plate is embedded once (all cells per well)
+    and scored for every split.
     """
     per_plate: dict[str, list[float]] = {name: [] for name in splits}
     model.eval()
     for p in plates:
-        profiles = None
+        treated = p.perturbations != NEGCON
+        if treated.sum() < 2:
+            continue
+        profiles = embed_cells(model, p, device)[treated]
+        labels = p.perturbations[treated]
         for name, compounds in splits.items():
-            keep = np.isin(p.perturbations, list(compounds))
-            if keep.sum() < 2:
+            queries = np.isin(labels, list(compounds))
+            if not queries.any():
                 continue
-            if profiles is None:
-                profiles = embed_cells(model, p, device)
-            ap = average_precision(profiles[keep], p.perturbations[keep])
-            ap["compound"] = p.perturbations[keep]
+            ap = average_precision(profiles, labels, query_mask=queries)
+            ap["compound"] = labels[ap.index.to_numpy()]
             by_compound = ap.dropna(subset=["average_precision"]).groupby("compound")["average_precision"].mean()
             if len(by_compound):
                 per_plate[name].append(by_compound.mean())
@@ -184,14 +189,13 @@ def resident_cells(plates, device, share: float = 0.5) -> list[torch.Tensor] | N
     return [cells_tensor(p.x).to(device) for p in plates]
 
 
-def _fingerprint(plates: list[PlateCells], stores: list, features: list[str], settings: TrainSettings) -> str:
+def _fingerprint(inputs: list, features: list[str], settings: TrainSettings, input_kind: str) -> str:
     """What a resumable state must match: inputs (size, mtime), features and every setting."""
     h = hashlib.sha256()
-    for plate, store in zip(plates, stores):
-        for path in sorted(Path(store).iterdir()):
-            st = os.stat(path)
-            h.update(f"{plate.plate}:{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps([features, asdict(settings), __version__], sort_keys=True).encode())
+    for path in inputs:
+        st = os.stat(path)
+        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(json.dumps([features, asdict(settings), __version__, input_kind], sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -238,7 +242,15 @@ def _resume(path: Path, fingerprint: str, model, opt, rng) -> _Progress:
     """Restore model, optimizer and random states from ``path`` when it was written for these inputs and settings."""
     if not path.exists():
         return _Progress()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(type(state).__name__)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise InputError(
+            f"{path}: damaged training state ({type(e).__name__}), from a job killed while writing it or a damaged disk; "
+            "delete it to restart training from the first epoch"
+        ) from None
     if state.get("fingerprint") != fingerprint:
         logger.info("ignoring %s: it was written for other inputs or settings", path)
         return _Progress()
@@ -251,9 +263,11 @@ def _resume(path: Path, fingerprint: str, model, opt, rng) -> _Progress:
     return progress
 
 
-def _checkpoint(model, features: list[str], settings: TrainSettings, plates: list[str], epoch: int, val_map: float) -> dict:
+def _checkpoint(model, features: list[str], settings: TrainSettings, plates: list[str], epoch: int, val_map: float,
+                input_kind: str) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
+        "input": input_kind,
         "cytoagg_version": __version__,
         "model_spec": model.spec.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -276,24 +290,62 @@ def _train_model(
     resume: bool = True,
 ) -> dict:
     torch.set_num_threads(max(1, threads))
-    device = pick_device(settings.device)
-    logger.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(stores), len(features))
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-
     loaded = sorted(((_load_training_plate(s, features, settings.annotation), s) for s in stores), key=lambda p: p[0].plate)
     plates, stores = [p for p, _ in loaded], [s for _, s in loaded]
+    schedule = SetSizeSchedule(settings.cells_mean, settings.cells_std, settings.cells_min)
+    return _fit(plates, [f for s in stores for f in sorted(Path(s).iterdir())], features, out_model, out_log, settings,
+                threads, resume, schedule, settings.max_wells_per_set, "cells")
+
+
+def train_on_means(profiles: list, out_model, out_log, settings: TrainSettings, threads: int = 1,
+                   resume: bool = True) -> dict:
+    """The ``mlp_on_mean`` control (the CytoSummaryNet reviewers'): the same network, loss, batches of compounds,
+    epochs and checkpoint selection, trained on the training plates' well MEAN profiles instead of their cells.
+    Each set is one well's mean profile (a set of one), so the network never sees a single cell and is an MLP on
+    the mean: how much of the model's gain is metric learning rather than seeing cells."""
+    with exclusive_lock(Path(out_model).with_name(".train.lock"), logger):
+        torch.set_num_threads(max(1, threads))
+        torch.manual_seed(settings.seed)
+        plates, features = [], None
+        for path in profiles:
+            plate = means_as_cells(path, settings.annotation)
+            if features is not None and plate[1] != features:
+                raise InputError(f"{path}: feature columns differ from those of {profiles[0]}")
+            features = plate[1]
+            plates.append(plate[0])
+        plates.sort(key=lambda p: p.plate)
+        return _fit(plates, list(profiles), features, out_model, out_log, settings, threads, resume,
+                    FixedSetSize(1), 1, "well_means")
+
+
+def means_as_cells(path, annotation: Annotation) -> tuple[PlateCells, list[str]]:
+    """A plate's mean profiles as a plate whose every well has one "cell": its mean (negative controls relabelled)."""
+    from ..io.cells import plate_name
+    from ..io.parquet import read_profiles
+
+    meta, x, features = read_profiles(path)
+    meta = meta.reset_index(drop=True)
+    wells = meta[annotation.well_col].astype(str).to_numpy()
+    perturbations = meta[annotation.perturbation_col].astype(str).to_numpy()
+    if annotation.negcon_value is not None:
+        perturbations = np.where(annotation.negcon_mask(meta), NEGCON, perturbations)
+    order = np.argsort(wells, kind="stable")
+    cells = PlateCells(plate_name(path, annotation), np.ascontiguousarray(x[order], dtype=np.float32),
+                       np.arange(len(wells) + 1, dtype=np.int64), wells[order], perturbations[order])
+    return cells, features
+
+
+def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model, out_log, settings: TrainSettings,
+         threads: int, resume: bool, schedule, max_wells_per_set: int, input_kind: str) -> dict:
+    """The training loop, on plates of cells (or of well means, one per well)."""
+    device = pick_device(settings.device)
+    logger.info("training on %s with %d thread(s); %d plates, %d features", device, threads, len(plates), len(features))
+    rng = np.random.default_rng(settings.seed)
     if len({p.plate for p in plates}) < len(plates):
         raise InputError(f"training plates named twice: {sorted(p.plate for p in plates)}")
-    compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
-    split = settings.split.of(compounds)
-    train_compounds = {c for c, s in split.items() if s == "train"}
-    val_compounds = {c for c, s in split.items() if s == "validation"}
-    logger.info("%d training compounds, %d validation compounds", len(train_compounds), len(val_compounds))
-    if not train_compounds:
-        raise InputError("compounds.validation leaves no training compound")
-    samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, settings.max_wells_per_set) for p in plates]
-    schedule = SetSizeSchedule(settings.cells_mean, settings.cells_std, settings.cells_min)
+    train_compounds, val_compounds = _compound_split(plates, settings.split)
+    samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, max_wells_per_set) for p in plates]
 
     model = DeepSets(settings.model_spec(len(features))).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -305,9 +357,12 @@ def _train_model(
     out_model = Path(out_model)
     state_path = out_model.with_name("resume_state.pt")
     best_path = out_model.with_name("best_model.pt.partial")
-    fingerprint = _fingerprint(plates, stores, features, settings)
+    fingerprint = _fingerprint(inputs, features, settings, input_kind)
     progress = _resume(state_path, fingerprint, model, opt, rng) if resume else _Progress()
 
+    if not val_compounds:
+        logger.warning("no validation compound on the training plates (compounds.validation): the checkpoint is the "
+                       "last epoch, not one selected by validation mAP, and no table measures held-out compounds")
     from tqdm import tqdm
 
     bar = tqdm(range(progress.next_epoch, settings.epochs), desc="train", mininterval=5.0,
@@ -321,9 +376,14 @@ def _train_model(
             losses, waited = _run_epoch(
                 model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer
             )
+            if not losses:
+                raise InputError(
+                    f"epoch {epoch} ran no training step: no training plate has 2 training compounds to put in a "
+                    "batch (train.batch_compounds needs at least 2 per plate); no model was written"
+                )
             row = {
                 "epoch": epoch,
-                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "loss": float(np.mean(losses)),
                 "n_steps": len(losses),
                 "sampling_wait_s": waited,
             }
@@ -334,8 +394,8 @@ def _train_model(
                 score = row["val_mAP"] if val_compounds else float(epoch)
                 if progress.best is None or score > progress.best["score"]:
                     progress.best, progress.since_best = {"score": score, "epoch": epoch}, 0
-                    save_torch(_checkpoint(model, features, settings, [p.plate for p in plates], epoch, row["val_mAP"]),
-                               best_path)
+                    save_torch(_checkpoint(model, features, settings, [p.plate for p in plates], epoch, row["val_mAP"],
+                                           input_kind), best_path)
                 else:
                     progress.since_best += 1
             row["seconds"] = time.perf_counter() - t0
@@ -353,5 +413,39 @@ def _train_model(
     os.replace(best_path, out_model)
     write_table(pd.DataFrame(progress.history), out_log)
     state_path.unlink(missing_ok=True)
-    logger.info("best epoch %d (selection score %.4f)", best["epoch"], best["score"])
-    return {"best_epoch": best["epoch"], "best_score": best["score"], "epochs_run": len(progress.history)}
+    if val_compounds:
+        logger.info("best epoch %d (validation-compound mAP %.4f on the training plates)", best["epoch"], best["score"])
+    else:
+        logger.info("kept the last evaluated epoch, %d (no validation compound to select by)", best["epoch"])
+    return {"best_epoch": best["epoch"], "best_score": best["score"] if val_compounds else None,
+            "epochs_run": len(progress.history)}
+
+
+def _compound_split(plates: list[PlateCells], split: CompoundSplit) -> tuple[set[str], set[str]]:
+    """The training plates' training and validation compounds; refuses splits that leave nothing to learn."""
+    compounds = sorted({c for p in plates for c in p.perturbations} - {NEGCON})
+    if isinstance(split.validation, (list, tuple)):
+        absent = sorted(set(split.validation) - set(compounds))
+        if absent:
+            raise InputError(
+                f"compounds.validation names {len(absent)} compound(s) that no training plate has: {absent[:10]} "
+                "(a typo? names must match the perturbation column exactly; a compound only validation plates "
+                "have needs no holding out)"
+            )
+    by_split = split.of(compounds)
+    train = {c for c, s in by_split.items() if s == "train"}
+    validation = {c for c, s in by_split.items() if s == "validation"}
+    logger.info("%d training compounds, %d validation compounds", len(train), len(validation))
+    for p in plates:
+        if not np.isin(p.perturbations, list(train)).any():
+            raise InputError(f"training plate {p.plate} has no well of a training compound (compounds.validation "
+                             "holds out all of its compounds, or it has only negative controls)")
+    wells = collections.Counter(c for p in plates for c in p.perturbations)
+    replicated = {c for c in train if wells[c] >= 2}
+    if len(replicated) < 2:
+        raise InputError(
+            f"{len(replicated)} training compound(s) with replicate wells on the training plates "
+            f"({sorted(replicated)}): contrastive training needs at least 2 (compounds.validation holds out "
+            f"{len(validation)} of {len(compounds)})"
+        )
+    return train, validation

@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from ..io.columns import feature_columns
+from ..io.columns import feature_columns, measurement_columns
 from ..io.files import InputError, write_text
-from ..io.parquet import parquet_columns
+from ..io.parquet import open_parquet, parquet_columns, reading
 from ..settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -272,7 +271,7 @@ def fit_feature_selection(plates: list, out_txt, settings: FeatureSelectSettings
     plates = [Path(p) for p in plates]
     if not plates:
         raise InputError("feature selection needs at least one plate")
-    per_plate = [feature_columns(parquet_columns(p)) for p in plates]
+    per_plate = [measurement_columns(parquet_columns(p)) for p in plates]
     shared = set.intersection(*(set(f) for f in per_plate))
     candidates = [f for f in per_plate[0] if f in shared]
     not_common = sorted(set().union(*per_plate) - shared)
@@ -300,7 +299,7 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
                log: logging.Logger | None = None) -> np.ndarray:
     """float32 cells x features of all plates; a seeded uniform sample of ``max_cells`` if there are more."""
     log = log or logger
-    sizes = [pq.ParquetFile(p).metadata.num_rows for p in plates]
+    sizes = [open_parquet(p).metadata.num_rows for p in plates]
     total = sum(sizes)
     if total == 0:
         raise InputError(f"no cells in the plates {[str(p) for p in plates]}")
@@ -312,7 +311,7 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
     pool = np.empty((len(rows), len(features)), dtype=np.float32)
     filled, offset = 0, 0
     for path, size in zip(plates, sizes):
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
         local = rows[(rows >= offset) & (rows < offset + size)] - offset
         first = 0
         for group in range(pf.num_row_groups):  # tiles of (row group x columns) bound the reader's memory
@@ -321,10 +320,43 @@ def pool_cells(plates: Sequence, features: Sequence[str], *, max_cells: int = 20
             width = max(1, _BATCH_BYTES // (12 * max(n_group, 1)))
             for c in range(0, len(features) if len(take) else 0, width):
                 names = list(features[c:c + width])
-                tile = pf.read_row_group(group, columns=names, use_threads=False)
+                with reading(path):
+                    tile = pf.read_row_group(group, columns=names, use_threads=False)
                 for j, name in enumerate(names):
                     pool[filled:filled + len(take), c + j] = tile.column(name).to_numpy()[take]
             filled += len(take)
             first += n_group
         offset += size
     return pool
+
+
+@dataclass(frozen=True)
+class CovarianceSettings(Settings):
+    """Config ``evaluate.cov_max_features``, and the cell sample of ``feature_select`` (max_cells, seed)."""
+
+    cov_max_features: int
+    max_cells: int
+    seed: int
+
+
+def fit_covariance_features(plates: list, features: list[str], out_txt, settings: CovarianceSettings,
+                            log: logging.Logger | None = None) -> list[str]:
+    """The mean_cov baseline's features, chosen on the training plates' cells; written one per line."""
+    log = log or logger
+    pool = pool_cells([Path(p) for p in plates], features, max_cells=settings.max_cells, seed=settings.seed, log=log)
+    chosen = covariance_features(pool, features, features, settings.cov_max_features)
+    write_text("".join(f"{f}\n" for f in chosen), out_txt)
+    log.info("mean_cov: covariances of %d of the %d features", len(chosen), len(features))
+    return chosen
+
+
+def covariance_features(pool: np.ndarray, candidates: Sequence[str], kept: Sequence[str], k: int) -> list[str]:
+    """The mean_cov baseline's features: of the kept features, the ``k`` most variable over the training plates'
+    pooled cells (in the kept order). Chosen once, on the training plates, so every plate's profile has the same
+    columns."""
+    if len(kept) <= k:
+        return list(kept)
+    index = {f: j for j, f in enumerate(candidates)}
+    variances = np.array([np.nanvar(pool[:, index[f]].astype(np.float64)) for f in kept])
+    top = set(np.argsort(-variances, kind="stable")[:k].tolist())
+    return [f for j, f in enumerate(kept) if j in top]

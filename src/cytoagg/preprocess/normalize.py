@@ -25,9 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.columns import Annotation, feature_columns, is_metadata, metadata_columns
+from ..io.columns import Annotation, is_metadata, measurement_columns, metadata_columns
 from ..io.files import InputError, atomic_path, available_cpus
-from ..io.parquet import cell_writer, open_parquet
+from ..io.parquet import cell_writer, open_parquet, reading
 from ..settings import Settings
 from .statistics import (
     PCA_COLUMN_PREFIX,
@@ -69,8 +69,8 @@ class PlateColumns:
     reading, same memory).
     """
 
-    def __init__(self, pf: pq.ParquetFile, features: list[str], memory_mb: float, threads: int = 1):
-        self.pf, self.features, self.threads = pf, features, max(1, int(threads))
+    def __init__(self, pf: pq.ParquetFile, path, features: list[str], memory_mb: float, threads: int = 1):
+        self.pf, self.path, self.features, self.threads = pf, path, features, max(1, int(threads))
         self.budget = memory_mb * _MB * _ARRAY_SHARE
         meta = pf.metadata
         self.group_rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
@@ -83,7 +83,8 @@ class PlateColumns:
         self.max_rereads = 1  # most times a row group was read in one pass over rows
 
     def _read(self, group: int, names: list[str]) -> pa.Table:
-        return self.pf.read_row_group(group, columns=names, use_threads=self.threads > 1)
+        with reading(self.path):
+            return self.pf.read_row_group(group, columns=names, use_threads=self.threads > 1)
 
     def column_arrays(self, rows=None, columns=None, bytes_per_value=_BYTES_PER_SORT_VALUE,
                       bytes_per_thread_row=_BYTES_PER_SORT_THREAD_ROW):
@@ -171,9 +172,12 @@ class PlateColumns:
             yield start, x, meta
 
 
-def _metadata_row_groups(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[pa.Table]:
+def _metadata_row_groups(pf: pq.ParquetFile, columns: Sequence[str], path) -> Iterator[pa.Table]:
     for group in range(pf.num_row_groups):
-        yield pf.read_row_group(group, columns=list(columns))
+        with reading(path):
+            table = pf.read_row_group(group, columns=list(columns))
+        yield table
+
 
 # --------------------------------------------------------------------------------------------------
 # The plate
@@ -216,7 +220,7 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
         raise InputError(f"threads must be at least 1, got {threads!r}")
     pf = open_parquet(src)
     names = pf.schema_arrow.names
-    features = feature_columns(names)
+    features = measurement_columns(names)
     if not features:
         raise InputError(f"{src}: no feature columns (Cells_/Cytoplasm_/Nuclei_*) found")
     if well_center and well_col not in names:
@@ -227,7 +231,7 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
         log.warning("%s: %d column(s) neither metadata nor feature left out of the output: %s",
                     src, len(others), others)
     fit_rows = _query_rows(pf, samples, src)
-    source = PlateColumns(pf, features, memory_mb, threads)
+    source = PlateColumns(pf, src, features, memory_mb, threads)
     if method == "spherize" and 8 * 3 * len(features) ** 2 > source.budget:
         log.warning("%s: spherize of %d features needs ~%.0f MB for its matrices, more than memory_mb=%s allows",
                     src, len(features), 24 * len(features) ** 2 / _MB, memory_mb)
@@ -242,7 +246,7 @@ def normalize_plate(src, out, settings: NormalizeSettings, *, threads: int | Non
                     src, len(dropped), samples, dropped)
     well_means = wells = None
     if well_center:
-        wells = _well_codes(pf, well_col)
+        wells = _well_codes(pf, well_col, src)
         well_means = _plate_well_means(source, params, wells)
     _write_normalized(source, out, _output_names(features, params), params, wells, well_means)
     if source.max_rereads > 1:
@@ -281,7 +285,7 @@ def _query_rows(pf: pq.ParquetFile, samples: str, src) -> np.ndarray | None:
     if not isinstance(samples, str) or not samples.strip():
         raise InputError(f"samples must be 'all' or a pandas query on metadata columns, got {samples!r}")
     masks = []
-    for table in _metadata_row_groups(pf, metadata_columns(pf.schema_arrow.names)):
+    for table in _metadata_row_groups(pf, metadata_columns(pf.schema_arrow.names), src):
         try:
             mask = table.to_pandas().eval(samples)
         except Exception as err:  # pandas raises many kinds for a bad query
@@ -295,11 +299,11 @@ def _query_rows(pf: pq.ParquetFile, samples: str, src) -> np.ndarray | None:
     return rows
 
 
-def _well_codes(pf: pq.ParquetFile, well_col: str) -> np.ndarray:
+def _well_codes(pf: pq.ParquetFile, well_col: str, src) -> np.ndarray:
     """Index of each cell's well, over the whole plate."""
     index: dict = {}
     codes = []
-    for table in _metadata_row_groups(pf, [well_col]):
+    for table in _metadata_row_groups(pf, [well_col], src):
         values = table.column(well_col).to_pylist()
         codes.append(np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64,
                                  count=len(values)))

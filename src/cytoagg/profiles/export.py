@@ -5,7 +5,7 @@ the other scverse tools open directly.
   has gets missing values there), indexed ``<plate>_<well>``;
 - ``var``: the feature names, in the profiles' column order (every plate must have the same ones);
 - ``X``: the profiles, float32, plates in the order given and each plate's rows in its file's order;
-- ``uns["cytoagg"]``: what the file holds (``method``) and the cytoagg version that wrote it.
+- ``uns["cytoagg"]``: what the file holds (``method``, ``pipeline``) and the cytoagg version that wrote it.
 
 ``X`` is written one plate at a time into the HDF5 file, so memory holds the metadata of all plates but the
 features of one plate only: a run of thousands of plates exports in bounded memory.
@@ -64,9 +64,14 @@ def _obs(files: Sequence[Path], meta_cols: list[list[str]], annotation: Annotati
 
 
 def export_anndata(
-    profile_files: Sequence[str | os.PathLike], out: str | os.PathLike, annotation: Annotation, method: str
+    profile_files: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    annotation: Annotation,
+    method: str,
+    pipeline: str,
 ) -> dict:
-    """Write the profiles of ``profile_files`` (one Parquet per plate, all of one method) as one ``.h5ad``."""
+    """Write the profiles of ``profile_files`` (one Parquet per plate, all of one method through one pipeline) as
+    one ``.h5ad``."""
     import anndata as ad
     import h5py
 
@@ -86,7 +91,7 @@ def export_anndata(
             )
     obs = _obs(files, [meta for meta, _ in columns], annotation)
     var = pd.DataFrame(index=pd.Index(features, dtype=object))
-    uns = {"cytoagg": {"method": method, "version": __version__}}
+    uns = {"cytoagg": {"method": method, "pipeline": pipeline, "version": __version__}}
     with atomic_path(out) as tmp:
         ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(tmp)  # everything but X
         with h5py.File(tmp, "a") as h5:
@@ -99,7 +104,7 @@ def export_anndata(
                 start += len(block)
             if start != len(obs):  # a file changed between the two reads
                 raise InputError(f"profile files changed while being exported ({start} rows vs {len(obs)})")
-    summary = {"method": method, "plates": len(files), "wells": len(obs), "features": len(features),
+    summary = {"method": method, "pipeline": pipeline, "plates": len(files), "wells": len(obs), "features": len(features),
                "obs_columns": list(obs.columns)}
     logger.info("%s: %s", out, summary)
     return summary

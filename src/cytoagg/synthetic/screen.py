@@ -55,6 +55,9 @@ _MEASUREMENTS = (
     "Neighbors_NumberOfNeighbors_Adjacent",
 )
 _COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
+# The metadata columns of an ingested synthetic plate: Per_Image's, then the platemap's annotations.
+METADATA_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_broad_sample",
+                    "Metadata_compound_kind", "Metadata_control_type")
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,9 @@ def summarize_toy(ap_files: dict[str, list], out_md, out_csv) -> pd.DataFrame:
     ``out_csv`` (per sample) and ``out_md``."""
     from ..evaluate.summarize import to_markdown
     from ..io.files import write_table, write_text
+    from ..io.parquet import read_parquet
 
-    frames = [pd.read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files]
+    frames = [read_parquet(f).assign(method=m) for m, files in ap_files.items() for f in files]
     ap = pd.concat(frames, ignore_index=True)
     ap.insert(0, "run", ap["plate"])
     per_sample, summary = summarize_runs(ap)
