@@ -145,6 +145,52 @@ def report_html(tiny_reference_run) -> Path:
     return tiny_reference_run / "report.html"
 
 
+def test_anndata_files_hold_every_plate_of_each_profile(finished):
+    """results/anndata/{method}__{pipeline}.h5ad, read back with anndata: the profile Parquets of all plates, stacked."""
+    import anndata as ad
+
+    def values(frame):
+        return frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+
+    r = finished / "results"
+    methods = ("model", "model_untrained", "mlp_on_mean", "mean", "mean_std")
+    pipelines = ("raw", "negcon_mad", "negcon_mad_sphere")
+    assert sorted(p.name for p in (r / "anndata").iterdir()) == sorted(f"{m}__{p}.h5ad" for m in methods for p in pipelines)
+    for method in methods:
+        for pipeline in pipelines:
+            files = [r / "profiles" / method / f"{p}.parquet" if pipeline == "raw"
+                     else r / "pipelines/by_plate" / p / f"{method}__{pipeline}.parquet" for p in ("P1", "P2", "P3")]
+            adata = ad.read_h5ad(r / "anndata" / f"{method}__{pipeline}.h5ad")
+            profiles = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            meta = [c for c in profiles.columns if c.startswith("Metadata_")]
+            features = [c for c in profiles.columns if c not in meta]
+            assert adata.var_names.tolist() == features and adata.obs.columns.tolist() == meta, (method, pipeline)
+            np.testing.assert_array_equal(adata.X, profiles[features].to_numpy(np.float32))
+            assert values(adata.obs) == values(profiles[meta])
+            assert adata.uns["cytoagg"]["method"] == method and adata.uns["cytoagg"]["pipeline"] == pipeline
+
+
+def test_copairs_reads_a_profile_file_as_written(finished):
+    """copairs' own average_precision on the held-out plate's model profiles, read with pandas as the workflow
+    wrote them (no renaming), finds the workflow's APs (the model's raw rows of ap/P3.parquet)."""
+    copairs_map = pytest.importorskip("copairs.map")
+    r = finished / "results"
+    profiles = pd.read_parquet(r / "profiles/model/P3.parquet")
+    # the default evaluation: negative controls are neither queries nor candidates
+    treated = profiles[profiles["Metadata_broad_sample"] != "DMSO"].reset_index(drop=True)
+    meta = treated.filter(regex="^Metadata_")
+    theirs = copairs_map.average_precision(
+        meta, treated.drop(columns=meta.columns).to_numpy(), pos_sameby=["Metadata_broad_sample"], pos_diffby=[],
+        neg_sameby=[], neg_diffby=["Metadata_broad_sample"], progress_bar=False,
+    )
+    ours = pd.read_parquet(r / "ap/P3.parquet")
+    ours = ours[(ours.method == "model") & (ours.profile_pipeline == "raw")]
+    both = ours.merge(theirs, left_on="well", right_on="Metadata_Well", how="outer", indicator=True)
+    assert (both["_merge"] == "both").all() and len(both) > 100
+    assert (both.n_positives == both.n_pos_pairs).all() and (both.n_candidates == both.n_total_pairs).all()
+    np.testing.assert_allclose(both.average_precision_x, both.average_precision_y, rtol=0, atol=1e-9)
+
+
 def test_report_contains_every_figure(report_html):
     html = report_html.read_text(errors="replace")
     for name in (

@@ -35,7 +35,9 @@ def _set_threads(threads: int) -> None:
 
 
 def _read_list(path) -> list[str]:
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """The non-empty lines of a file; ``-`` reads them from stdin (a rule pipes a long file list there)."""
+    text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def named_file_args(flag: str, names, source: str) -> str:
@@ -163,6 +165,16 @@ def cmd_harmony(args, settings):
     if set(raw) != set(outputs) or any(len(raw[m]) != len(outputs[m]) for m in raw):
         raise InputError("harmony: --profiles and --out must name the same methods, with one output per input")
     harmony_step(raw, outputs, settings)
+
+
+def cmd_export_anndata(args, annotation):
+    from .profiles.export import export_anndata
+
+    from .profiles.pipelines import pipeline_file
+
+    # a per-plate pipelines' folder stands for its file of this method and pipeline
+    files = [pipeline_file(p, args.method, args.pipeline) if os.path.isdir(p) else p for p in _read_list(args.profile_list)]
+    export_anndata(files, args.out, annotation, args.method, args.pipeline)
 
 
 def cmd_evaluate(args, settings):
@@ -323,7 +335,8 @@ def _settings_classes() -> dict:
         "normalize": NormalizeSettings, "select-features": FeatureSelectSettings, "pack-cells": Annotation,
         "train": TrainSettings, "train-on-means": TrainSettings, "embed": EmbedSettings,
         "covariance-features": CovarianceSettings, "fit-sphering": PipelineSettings, "profile-pipelines": PipelineSettings,
-        "harmony": PipelineSettings, "aggregate": AggregateSettings, "evaluate": EvaluateSettings,
+        "harmony": PipelineSettings, "aggregate": AggregateSettings, "export-anndata": Annotation,
+        "evaluate": EvaluateSettings,
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
@@ -370,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("profile-pipelines", cmd_profile_pipelines, ("--profiles", {**named, "required": True}), ("--out", one),
         ("--sphering", {"nargs": "*", "default": [], "help": "the sphering fit, for negcon_mad_sphere"}))
     add("harmony", cmd_harmony, ("--profiles", {**named, "required": True}), ("--out", {**named, "required": True}))
+    add("export-anndata", cmd_export_anndata,
+        ("--profile-list", {"required": True, "help": "a file naming one profile Parquet (or per-plate pipelines' folder) per line (-: stdin)"}),
+        ("--method", {"required": True, "help": "whose profiles (recorded in uns['cytoagg'])"}),
+        ("--pipeline", {"required": True, "help": "through which profile pipeline (recorded in uns['cytoagg'])"}),
+        ("--out", one))
     add("evaluate", cmd_evaluate, ("--profiles", {**named, "required": True}), ("--out", one),
         ("--pipelines", {"nargs": "*", "default": [], "help": "the per-plate pipelines' folders of the ranked plates"}),
         ("--plate", {"nargs": "+", "default": None, "help": "the plates whose wells are queries (default: all)"}))

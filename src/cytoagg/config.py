@@ -3,13 +3,15 @@ so a bad config fails before any job with a message naming the key."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 
 from .io.columns import close_matches
 from .io.files import InputError
-from .io.platemap import platemap_file
+from .io.platemap import PLATEMAP_SUFFIXES, platemap_file, platemap_name
 
 
 class ConfigError(ValueError):
@@ -27,6 +29,34 @@ def check_plate_name(name: str, key: str) -> None:
         raise ConfigError(
             f"config key {key}: plate name {name!r} is not allowed: use letters, digits, '_', '-' and single "
             "dots between them (no '/', spaces, '..' or shell metacharacters)"
+        )
+
+
+# Data in object storage: dataset keys whose value starts with s3:// are read through Snakemake's storage
+# plugin for S3 (snakemake-storage-plugin-s3), each plate fetched by the job that reads it. check_config
+# makes no request (the URLs' form, the plugin installed); check_plates_in_s3 then finds every plate's object
+# in one listing of the path's folder, so a missing plate stops the run as a missing local file does.
+S3_PREFIX = "s3://"
+S3_PLUGIN = "snakemake_storage_plugin_s3"
+DATASET_FILES = ("path", "barcode_platemap", "platemap_dir", "platemap")
+
+
+def on_s3(value) -> bool:
+    return isinstance(value, str) and value.startswith(S3_PREFIX)
+
+
+def s3_keys(dataset: dict) -> list[str]:
+    """The dataset keys (``dataset.<key>``) that name S3 locations."""
+    return [k for k in DATASET_FILES if on_s3(dataset.get(k))]
+
+
+def check_s3_url(key: str, url: str) -> None:
+    """``s3://<bucket>/<key>``, the bucket named outright (it cannot hold a wildcard)."""
+    bucket, _, name = url[len(S3_PREFIX):].partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or not name.strip("/"):
+        raise ConfigError(
+            f"config key {key}: {url!r} is not s3://<bucket>/<path> (a bucket name of lower-case letters, digits, "
+            "'.' and '-', without braces, then a path inside it)"
         )
 
 
@@ -55,11 +85,20 @@ def check_config(config: dict, defaulted: frozenset[str] | set[str] = frozenset(
     if unknown:
         raise ConfigError(f"config key plates.without_negcon: {unknown} are neither training nor validation plates")
     pattern = config["dataset"]["path"]
+    remote = s3_keys(config["dataset"])
+    for key in remote:
+        check_s3_url(f"dataset.{key}", config["dataset"][key])
+    if remote and importlib.util.find_spec(S3_PLUGIN) is None:
+        raise ConfigError(
+            f"config key dataset.{remote[0]} is an S3 location: install Snakemake's storage plugin for S3 "
+            "(pip install 'cytoagg[s3]', or snakemake-storage-plugin-s3)"
+        )
     if pattern is not None:
         for key, plates in (("plates.train", train), ("plates.validation", validation)):
             for plate in plates:
                 path = plate_path(pattern, plate)
-                if not os.path.exists(path):
+                # on S3: check_plates_in_s3, once the Snakefile has set up the storage plugin
+                if not on_s3(pattern) and not os.path.exists(path):
                     raise ConfigError(f"config key {key}: plate {plate!r} not found: {path} does not exist (dataset.path)")
     filtered = config["evaluate"]["filtered_mean"]
     if "filtered_mean" in config["evaluate"]["baselines"] and not filtered["lower_quantile"] < filtered["upper_quantile"]:
@@ -72,7 +111,7 @@ def check_config(config: dict, defaulted: frozenset[str] | set[str] = frozenset(
         raise ConfigError(f"config key train.checkpoint: {checkpoint} does not exist")
     for key in ("barcode_platemap", "platemap_dir", "platemap"):
         value = config["dataset"].get(key)
-        if value is not None and not os.path.exists(value):
+        if value is not None and not on_s3(value) and not os.path.exists(value):
             raise ConfigError(f"config key dataset.{key}: {value} does not exist")
     features_file = config["dataset"]["features_file"]
     if features_file is not None:
@@ -205,15 +244,91 @@ def check_first_plate_columns(config: dict, platemaps: dict) -> None:
     check_metadata_columns(config, columns, f"plate {plate} ({path})" + (" or its platemap" if platemaps.get(plate) else ""))
 
 
-def resolve_platemaps(dataset: dict, plates: list[str]) -> dict[str, str | None]:
-    """Each plate's own platemap file.
+LISTED_KEYS_PER_PLATE = 20  # how far the listing of check_plates_in_s3 goes before it asks plate by plate
+
+
+def check_plates_in_s3(
+    config: dict,
+    list_objects: Callable[[str], Iterable[tuple[str, int]]],
+    exists: Callable[[str], bool],
+) -> dict[str, int]:
+    """Every plate's object in S3 (dataset.path), and dataset.platemap when it is in S3 too.
+
+    One listing of the path's constant prefix (``s3://bucket/.../backend/<batch>/`` for a Gallery path: a page
+    per 1,000 objects) finds the plates; it stops after ``LISTED_KEYS_PER_PLATE`` objects per plate (a folder
+    of much else), and the plates not seen by then are asked one by one. ``list_objects(prefix)`` yields
+    ``(url, size)`` of the objects whose URL starts with ``prefix``. Returns the size of each plate's object
+    the listing found, by URL. A missing plate is a ConfigError naming its key, as for a local file.
+    """
+    pattern = config["dataset"]["path"]
+    urls = {p: plate_path(pattern, p) for p in [*config["plates"]["train"], *config["plates"]["validation"]]}
+    prefix = pattern[: pattern.index("{")]
+    wanted, listed = set(urls.values()), {}
+    budget = LISTED_KEYS_PER_PLATE * len(urls) + 1000
+    for n, (url, size) in enumerate(list_objects(prefix)):
+        if url in wanted:
+            listed[url] = size
+        if n + 1 >= budget or len(listed) == len(wanted):
+            break
+    for key in ("plates.train", "plates.validation"):
+        for plate in config["plates"][key.split(".")[1]]:
+            url = urls[plate]
+            if url not in listed and not exists(url):
+                raise ConfigError(f"config key {key}: plate {plate!r} not found: {url} does not exist (dataset.path)")
+    platemap = config["dataset"].get("platemap")
+    if on_s3(platemap) and not exists(platemap):
+        raise ConfigError(f"config key dataset.platemap: {platemap} does not exist")
+    return listed
+
+
+def resolve_platemaps(
+    dataset: dict,
+    plates: list[str],
+    exists: Callable[[str], bool] | None = None,
+    local_copy: Callable[[str], str] | None = None,
+) -> dict[str, str | None]:
+    """Each plate's own platemap file (a local path, or an s3:// URL the rules fetch through the plugin).
 
     Rules take that one file as input (not barcode_platemap.csv), so adding a plate's row to
     barcode_platemap.csv does not rerun the other plates.
+
+    S3 locations need the storage plugin, given as two functions of an s3:// URL: ``exists`` and
+    ``local_copy`` (fetch it now, return the local path). A barcode_platemap.csv on S3 is fetched while the
+    Snakefile is parsed, because it decides each plate's input; a platemap_dir on S3 costs one existence
+    check per platemap name and suffix tried, not per plate.
     """
     keys = {k: dataset.get(k) for k in ("barcode_platemap", "platemap_dir", "platemap")}
+    if any(on_s3(v) for v in keys.values()):
+        return _resolve_platemaps_s3(keys, plates, exists, local_copy)
     try:
         files = {p: platemap_file(p, **keys) for p in plates}
     except InputError as e:
         raise ConfigError(f"config key dataset.barcode_platemap: {e}") from e
     return {p: None if f is None else str(f) for p, f in files.items()}
+
+
+def _resolve_platemaps_s3(keys: dict, plates: list[str], exists, local_copy) -> dict[str, str | None]:
+    if exists is None or local_copy is None:
+        raise ConfigError("config key dataset: platemaps on S3 need the storage plugin (exists, local_copy)")
+    if keys["platemap"] is not None:
+        return {p: keys["platemap"] for p in plates}
+    barcode_platemap, platemap_dir = keys["barcode_platemap"], keys["platemap_dir"]
+    table = local_copy(barcode_platemap) if on_s3(barcode_platemap) else barcode_platemap
+    try:
+        names = {p: platemap_name(p, table) for p in plates}
+    except InputError as e:
+        raise ConfigError(f"config key dataset.barcode_platemap ({barcode_platemap}): {e}") from e
+    if not on_s3(platemap_dir):
+        try:
+            return {p: str(platemap_file(p, barcode_platemap=table, platemap_dir=platemap_dir)) for p in plates}
+        except InputError as e:
+            raise ConfigError(f"config key dataset.platemap_dir: {e}") from e
+    found = {}
+    for name in sorted(set(names.values())):
+        candidates = [f"{platemap_dir.rstrip('/')}/{name}{suffix}" for suffix in PLATEMAP_SUFFIXES]
+        found[name] = next((url for url in candidates if exists(url)), None)
+        if found[name] is None:
+            raise ConfigError(
+                f"config key dataset.platemap_dir: no platemap file {name}{'|'.join(PLATEMAP_SUFFIXES)} in {platemap_dir}"
+            )
+    return {p: found[names[p]] for p in plates}

@@ -24,7 +24,10 @@ from cytoagg.config_sources import DEFAULT as SCHEMA_DEFAULT
 from cytoagg.evaluate.front_page import KEY_CATEGORY as KEY_RESULTS
 from cytoagg.evaluate.summarize import config_design_notes
 from cytoagg.progress import CONSOLE_FD_ENV
-from cytoagg.config import PLATE_NAME, check_config, check_first_plate_columns, plate_path, resolve_platemaps
+from cytoagg.config import (
+    PLATE_NAME, check_config, check_first_plate_columns, check_plates_in_s3, on_s3, plate_path, resolve_platemaps,
+    s3_keys,
+)
 from cytoagg.profiles.pipelines import profile_key
 
 R = config["results"].rstrip("/")
@@ -74,9 +77,57 @@ DEBRIS = SYNTHETIC and config["synthetic"]["debris_fraction"] > 0
 
 # plates: listed for a dataset of one's own, disjoint, present on disk; settings that the schema cannot check
 check_config(config, defaulted={key for key, source in CONFIG_SOURCES.items() if source == SCHEMA_DEFAULT})
-PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES)
-if not EXPERIMENT:
-    check_first_plate_columns(config, PLATEMAPS)  # the metadata settings against the first plate's columns
+
+
+# Data in S3 (dataset.path, and the platemaps, may be s3:// locations): read through Snakemake's storage
+# plugin for S3 as the rules' inputs, so each plate is fetched into .snakemake/storage/ right before its job
+# runs, and the copy is deleted when no job needs it any more (--keep-storage-local-copies keeps it). Under
+# Slurm, snakemake fetches it onto the shared filesystem before it submits the job; without storage-local-copies
+# in --shared-fs-usage, each job fetches its own (to --remote-job-local-storage-prefix).
+# Endpoint and credentials are the plugin's settings (--storage-s3-endpoint-url, ..., or the environment
+# variables SNAKEMAKE_STORAGE_S3_*; otherwise boto3's usual AWS_* variables and ~/.aws files). The one
+# setting the command line cannot give, unsigned requests for public buckets, is dataset.s3_anonymous.
+# Requests are kept few for thousands of plates: see cytoagg.io.storage.
+if s3_keys(config["dataset"]):
+    from cytoagg.io.storage import ask_existence_and_size_once, list_objects, remember_objects
+
+    ask_existence_and_size_once()  # not two HEAD requests per waiting plate in every scheduling round
+if s3_keys(config["dataset"]) and config["dataset"]["s3_anonymous"]:
+    from botocore import UNSIGNED
+
+    storage:
+        provider="s3",
+        signature_version=UNSIGNED,
+
+
+def from_storage(path):
+    """An input path as the rules take it: an s3:// location through the storage plugin, a local one as it is."""
+    return storage.s3(path) if on_s3(path) else path
+
+
+def s3_exists(url):
+    return storage.s3(url).flags["storage_object"].exists()
+
+
+def s3_local_copy(url):
+    """Fetch a small S3 file that the Snakefile itself reads (barcode_platemap.csv) now, into the plugin's folder."""
+    obj = storage.s3(url).flags["storage_object"]
+    workflow.async_run(obj.managed_retrieve())
+    return str(obj.local_path())
+
+
+def s3_list(prefix):
+    return list_objects(storage.s3(prefix).flags["storage_object"], prefix)
+
+
+# Every plate in S3 exists, found by one listing (jobs that Slurm runs, each a snakemake of its own, skip it)
+if on_s3(config["dataset"]["path"]) and workflow.is_main_process:
+    remember_objects(check_plates_in_s3(config, s3_list, s3_exists))
+
+PLATEMAPS = {} if SYNTHETIC else resolve_platemaps(config["dataset"], PLATES, s3_exists, s3_local_copy)
+# the metadata settings against the first plate's columns (not for a plate in S3: that would download it)
+if not EXPERIMENT and not on_s3(config["dataset"]["path"]):
+    check_first_plate_columns(config, PLATEMAPS)
 
 
 # Plate names: letters, digits, underscores and hyphens, single dots between them; so no slashes, spaces,
@@ -194,12 +245,12 @@ def plate_ingest_settings(wildcards):
 
 def raw_plate(wildcards):
     """A user's plate file, where dataset.path has braces besides {plate} (see RAW_PLATE)."""
-    return plate_path(config["dataset"]["path"], wildcards.plate)
+    return from_storage(plate_path(config["dataset"]["path"], wildcards.plate))
 
 
 def plate_platemap(wildcards):
     """A user's plate's own platemap (barcode_platemap), or none (see PLATEMAP)."""
-    return [PLATEMAPS[wildcards.plate]] if PLATEMAPS.get(wildcards.plate) else []
+    return [from_storage(PLATEMAPS[wildcards.plate])] if PLATEMAPS.get(wildcards.plate) else []
 
 
 # Inputs that are the same pattern for every plate are given as patterns, not functions: Snakemake
@@ -207,13 +258,13 @@ def plate_platemap(wildcards):
 if SYNTHETIC:
     RAW_PLATE = f"{R}/synthetic/plates/{{plate}}.sqlite"
 elif set(re.findall(r"\{([^{}]*)\}", config["dataset"]["path"])) == {"plate"}:
-    RAW_PLATE = config["dataset"]["path"]
+    RAW_PLATE = from_storage(config["dataset"]["path"])
 else:  # other braces in the path: str.format, as check_config does
     RAW_PLATE = raw_plate
 if SYNTHETIC:
     PLATEMAP = [f"{R}/synthetic/platemap/synthetic_platemap.txt"]
 elif len(set(PLATEMAPS.values())) <= 1:  # the same platemap file for every plate, or none
-    PLATEMAP = [m for m in set(PLATEMAPS.values()) if m]
+    PLATEMAP = [from_storage(m) for m in set(PLATEMAPS.values()) if m]
 else:  # barcode_platemap: each plate its own
     PLATEMAP = plate_platemap
 
@@ -261,13 +312,18 @@ def model_path():
 
 
 def input_size_mb(input):
-    """Size of a job's input in MiB (a folder, e.g. of per-site CSVs, counts with its files); 0 until it exists."""
+    """Size of a job's input in MiB (a folder, e.g. of per-site CSVs, counts with its files); 0 until it exists.
+
+    An input in S3 counts with the size of its object while no local copy exists yet (the plugin's, asked once).
+    """
     total = 0
     for f in input:
         if os.path.isfile(f):
             total += os.path.getsize(f)
         elif os.path.isdir(f):
             total += sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(f) for n in names)
+        elif getattr(f, "is_storage", False) and f.storage_object.exists():
+            total += f.storage_object.size()
     return total / 2**20
 
 
@@ -314,6 +370,10 @@ SALIENCY_OUTPUTS = [
 ]
 
 
+# Every profile (method x pipeline) of all plates as one AnnData file each (rule export_anndata)
+ANNDATA_OUTPUTS = [f"{R}/anndata/{key}.h5ad" for key in PROFILES] if config["export"]["anndata"] else []
+
+
 def all_outputs():
     return [
         FRONT_PAGE,
@@ -326,6 +386,7 @@ def all_outputs():
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
         *EVALUATION_OUTPUTS,
         *(SALIENCY_OUTPUTS if SALIENCY["enabled"] else []),
+        *ANNDATA_OUTPUTS,
     ]
 
 

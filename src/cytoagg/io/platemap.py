@@ -72,8 +72,11 @@ def platemap_name(plate: str, barcode_platemap: str | os.PathLike, log: logging.
     return str(names[0])
 
 
+PLATEMAP_SUFFIXES = (".txt", ".csv", ".tsv")  # <platemap_dir>/<Plate_Map_Name><suffix>, tried in this order
+
+
 def platemap_path(name: str, platemap_dir: str | os.PathLike) -> Path:
-    for suffix in (".txt", ".csv", ".tsv"):
+    for suffix in PLATEMAP_SUFFIXES:
         path = Path(platemap_dir) / f"{name}{suffix}"
         if path.is_file():
             return path
