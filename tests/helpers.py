@@ -40,9 +40,17 @@ def _schema() -> dict:
 
 
 def defaults(section: str) -> dict:
-    """The schema's default of every key of config section ``section``."""
-    props = _schema()["properties"][section]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+    """The schema's default of every key of config section ``section``; an object's default filled with its own
+    keys' defaults, as the Snakefile's validation does."""
+    return _filled(_schema()["properties"][section])
+
+
+def _filled(spec: dict) -> dict:
+    out = {}
+    for k, v in spec.get("properties", {}).items():
+        if "default" in v:
+            out[k] = {**_filled(v), **v["default"]} if v.get("type") == "object" and isinstance(v["default"], dict) else v["default"]
+    return out
 
 
 def annotation(**overrides) -> Annotation:
