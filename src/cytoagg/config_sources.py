@@ -80,5 +80,8 @@ def config_used_text(config: Mapping, sources: Mapping[str, str], files: Sequenc
     return "\n".join(lines) + "\n"
 
 
-def write_config_used(config: Mapping, sources: Mapping[str, str], files: Sequence[str], out) -> None:
+def write_config_used(config: Mapping, sources: Mapping[str, str], files: Sequence[str], out, log=None) -> None:
+    """Rule config_used: ``out`` (and one line in ``log``, when given)."""
     write_text(config_used_text(config, sources, files), out)
+    if log is not None:
+        write_text(f"wrote {out} (config files: {', '.join(files)})\n", log)

@@ -18,6 +18,8 @@ from snakemake.common.configfile import load_configfile
 from snakemake.logging import logger
 
 import cytoagg
+import cytoagg.config_sources
+import cytoagg.io.files
 from cytoagg.cli import named_file_args
 from cytoagg.config_sources import COMMAND_LINE, config_sources, describe_sources
 from cytoagg.config_sources import DEFAULT as SCHEMA_DEFAULT
@@ -42,7 +44,7 @@ CONFIG_SOURCES = config_sources(
 CONFIG_USED = f"{R}/config_used.yaml"
 logger.info(describe_sources(CONFIG_FILES, DEMO_CONFIG, CONFIG_SOURCES, CONFIG_USED))
 # (doubled braces: Snakemake formats the prefix like the command). File descriptor 3 keeps the console (the job's
-# stderr before a rule sends it to its log): steps write their warnings and progress there (cytoagg.progress).
+# stderr before the job's log takes it over): steps write their warnings and progress there (cytoagg.progress).
 shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
     f"exec 3>&2; export {CONSOLE_FD_ENV}=3; "
@@ -193,7 +195,7 @@ SPLITS = dict(
     compounds=COMPOUND_SPLIT,
 )
 # The features to ingest: a file named in the config, or one the workflow writes from a list in the config
-# (rule requested_features; a long list never goes on a command line); None: every feature. With
+# (by requested_features, since a long list never goes on a command line). None means every feature. With
 # dataset.features: common, feature selection chooses among the features every plate has (rule common_features).
 FEATURES = config["dataset"]["features"]
 if config["dataset"]["features_file"]:

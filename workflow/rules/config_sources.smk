@@ -16,8 +16,4 @@ rule config_used:
     resources:
         **SMALL,
     run:
-        from cytoagg.config_sources import write_config_used
-
-        write_config_used(config, CONFIG_SOURCES, CONFIG_FILES, output[0])
-        with open(log[0], "w") as fh:
-            fh.write(f"wrote {output[0]} (config files: {', '.join(CONFIG_FILES)})\n")
+        cytoagg.config_sources.write_config_used(config, CONFIG_SOURCES, CONFIG_FILES, output[0], log[0])

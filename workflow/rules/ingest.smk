@@ -46,8 +46,4 @@ rule requested_features:
     resources:
         **SMALL,
     run:
-        from cytoagg.io.files import write_text
-
-        write_text("".join(f"{name}\n" for name in params.features), output[0])
-        with open(log[0], "w") as fh:
-            fh.write(f"{len(params.features)} features from config key dataset.features -> {output[0]}\n")
+        cytoagg.io.files.write_names(params.features, output[0], log[0], source="config key dataset.features")

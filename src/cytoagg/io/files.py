@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -123,6 +123,13 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, metadata: dict[str, s
 def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def write_names(names: Sequence[str], path: str | os.PathLike, log=None, source: str = "") -> None:
+    """One name per line (a list too long for a command line, as the steps read it with :func:`read_names`)."""
+    write_text("".join(f"{name}\n" for name in names), path)
+    if log is not None:
+        write_text(f"{len(names)} names{' from ' + source if source else ''} -> {path}\n", log)
 
 
 def read_names(path: str | os.PathLike) -> list[str]:
