@@ -30,6 +30,27 @@ def check_plate_name(name: str, key: str) -> None:
         )
 
 
+def _check_second_order(config: dict) -> None:
+    """The second-order model's options that only work together (see the schema's train: keys)."""
+    tr, negcon = config["train"], config["metadata"]["negcon_value"]
+    if tr["plate_norm"] != "none":
+        if negcon is None:
+            raise ConfigError("config key train.plate_norm needs metadata.negcon_value (the negative-control wells it "
+                              "normalizes against)")
+        if tr["pooling"] == "sum":
+            raise ConfigError("config key train.plate_norm needs train.pooling 'mean' or 'meancov' (a sum grows with "
+                              "the number of cells)")
+        if config["plates"]["without_negcon"]:
+            raise ConfigError(f"config key train.plate_norm: plates {config['plates']['without_negcon']} have no "
+                              "negative-control wells (plates.without_negcon) to normalize their profiles against")
+    if tr["head"] == "parts" and tr["plate_norm"] == "none":
+        raise ConfigError("config key train.head 'parts' needs train.plate_norm 'negcon_mad'")
+    if tr["init"] == "pca_negcon" and negcon is None:
+        raise ConfigError("config key train.init 'pca_negcon' needs metadata.negcon_value")
+    if tr["cell_hidden"] == "auto" and tr["init"] != "pca_negcon":
+        raise ConfigError("config key train.cell_hidden 'auto' needs train.init 'pca_negcon'")
+
+
 def check_config(config: dict) -> None:
     _check_results(config["results"])
     train, validation = config["plates"]["train"], config["plates"]["validation"]
@@ -64,6 +85,7 @@ def check_config(config: dict) -> None:
     _check_metadata_keys(config["metadata"])
     _check_pipelines(config)
     _check_set_sizes(config["train"])
+    _check_second_order(config)
     if isinstance(config["compounds"]["validation"], (int, float)) and config["compounds"]["validation"] >= 1:
         raise ConfigError("config key compounds.validation: 1 holds every compound out of training; use a fraction "
                           "below 1 or a list of compound names")
