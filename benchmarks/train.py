@@ -160,7 +160,8 @@ def main() -> None:
     plate = synthetic_plate(args.features, args.cells_per_well)
     sampler = SetSampler(plate, sorted(set(plate.perturbations)), n_views=4)
     model = DeepSets(ModelSpec(n_features=args.features, cell_hidden=2048, head_hidden=256, out_dim=2048,
-                               pooling="sum", head="paper")).to(device)  # the paper's network
+                               pooling="sum", head="paper", cell_activation="leaky_relu", plate_norm="none",
+                               part_weight=1.0, part_tau=0.0)).to(device)  # the paper's network
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     rng = np.random.default_rng(0)
     batches = sampler.batches(18, rng)
