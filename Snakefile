@@ -27,6 +27,7 @@ include: "workflow/rules/summarize.smk"
 include: "workflow/rules/sampling_sweep.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/search.smk"
 
 
 if EXPERIMENT:  # experiments/*.yaml: the model-capacity toy experiments

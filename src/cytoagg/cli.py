@@ -240,6 +240,12 @@ def cmd_toy_data(args, spec):
     write_toy_data(spec, args.plate, args.out_train, args.out_validation, args.out_features, args.out_figure)
 
 
+def cmd_search_table(args, s):
+    from .evaluate.search import search_table
+
+    search_table({name: paths[0] for name, paths in _named(args.logs, "--logs", 1).items()}, args.out_csv, args.out_md, s)
+
+
 def cmd_toy_summary(args, _):
     from .synthetic.toy import summarize_toy
 
@@ -254,6 +260,7 @@ def _settings_classes() -> dict:
     from .evaluate.diagnostics import EffectiveRankSettings
     from .evaluate.retrieval import EvaluateSettings, PrCurveSettings
     from .evaluate.sampling_sweep import SamplingSweepSettings
+    from .evaluate.search import SearchSettings
     from .evaluate.summarize import Splits, SummarizeSettings
     from .ingest.plate import IngestSettings
     from .io.columns import Annotation
@@ -274,7 +281,7 @@ def _settings_classes() -> dict:
         "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
-        "toy-data": ToySpec,
+        "toy-data": ToySpec, "search-table": SearchSettings,
     }
 
 
@@ -332,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("front-page", cmd_front_page, ("--verdict", one), ("--table", one), ("--figure", one), ("--out", one))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
+    add("search-table", cmd_search_table, ("--logs", {**named, "required": True}), ("--out-csv", one), ("--out-md", one))
     add("toy-summary", cmd_toy_summary, ("--ap", many), ("--out-md", one), ("--out-csv", one))
     return ap
 

@@ -51,6 +51,37 @@ def _check_second_order(config: dict) -> None:
         raise ConfigError("config key train.cell_hidden 'auto' needs train.init 'pca_negcon'")
 
 
+SEARCH_EXCLUDED = ("checkpoint", "threads", "embedding", "device")  # not training settings a search can vary
+
+
+def search_configs(config: dict) -> dict[str, dict]:
+    """Each trial of config ``search.grid`` (see :func:`cytoagg.evaluate.search.grid_trials`): its config, the
+    config with the trial's ``train:`` values."""
+    from .evaluate.search import grid_trials
+
+    return {t: {**config, "train": {**config["train"], **values}} for t, values in grid_trials(config["search"]["grid"]).items()}
+
+
+def _check_search(config: dict) -> None:
+    grid = config["search"]["grid"]
+    if not grid:
+        return
+    unknown = sorted(set(grid) - set(config["train"]) | set(grid) & set(SEARCH_EXCLUDED))
+    if unknown:
+        raise ConfigError(f"config key search.grid: {unknown} are not training settings a search can vary "
+                          f"(train: keys other than {list(SEARCH_EXCLUDED)})")
+    validation = config["compounds"]["validation"]
+    if not validation:
+        raise ConfigError("config key search.grid: a search is scored on the validation compounds of the training plates, "
+                          "but compounds.validation holds none out")
+    for trial, trial_config in search_configs(config).items():
+        try:
+            _check_set_sizes(trial_config["train"])
+            _check_second_order(trial_config)
+        except ConfigError as e:
+            raise ConfigError(f"config key search.grid, trial {trial} ({ {k: trial_config['train'][k] for k in grid} }): {e}") from None
+
+
 def check_config(config: dict) -> None:
     _check_results(config["results"])
     train, validation = config["plates"]["train"], config["plates"]["validation"]
@@ -86,6 +117,7 @@ def check_config(config: dict) -> None:
     _check_pipelines(config)
     _check_set_sizes(config["train"])
     _check_second_order(config)
+    _check_search(config)
     if isinstance(config["compounds"]["validation"], (int, float)) and config["compounds"]["validation"] >= 1:
         raise ConfigError("config key compounds.validation: 1 holds every compound out of training; use a fraction "
                           "below 1 or a list of compound names")

@@ -17,6 +17,7 @@ sys.path.insert(0, SRC)
 import cytoagg
 from cytoagg.cli import named_file_args
 from cytoagg.config import PLATE_NAME, check_config, check_first_plate_columns, plate_path, resolve_platemaps
+from cytoagg.config import search_configs
 from cytoagg.profiles.pipelines import profile_key
 
 R = config["results"].rstrip("/")
@@ -126,8 +127,15 @@ EMBED_SETTINGS = settings(
 )
 
 
-def train_settings(split):
-    return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **TRAIN_SETTINGS)
+def train_settings(split, train=None):
+    """The train step's settings; ``train``: another train: section (a search trial's), else the config's."""
+    values = TRAIN_SETTINGS if train is None else {k: v for k, v in train.items() if k in TRAIN_SETTINGS}
+    return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **values)
+
+
+# The hyper-parameter search's trials (config search.grid; workflow/rules/search.smk): name -> its config
+SEARCH = {} if EXPERIMENT else search_configs(config)
+SEARCH_OUTPUTS = [f"{R}/tables/search.csv", f"{R}/tables/search.md"] if SEARCH else []
 
 
 def ingest_settings(platemap, plate=None):
@@ -279,6 +287,7 @@ def all_outputs():
         f"{R}/plots/cells_per_well.png",
         *([] if MODEL_CHECKPOINT else [f"{R}/plots/training_curve.png"]),
         *EVALUATION_OUTPUTS,
+        *SEARCH_OUTPUTS,
     ]
 
 
