@@ -43,5 +43,5 @@ rule search_table:
     conda:
         f"{ENVS}/tables.yaml"
     shell:
-        "python -m cytoagg search-table " + named_file_args("--logs", SEARCH, "input")
-        + " --out-csv {output.csv:q} --out-md {output.md:q} --params {params.settings:q} 2> {log:q}"
+        f"python -m cytoagg search-table {named_file_args('--logs', SEARCH, 'input')} "
+        "--out-csv {output.csv:q} --out-md {output.md:q} --params {params.settings:q} 2> {log:q}"
