@@ -36,6 +36,7 @@ include: "workflow/rules/sampling_sweep.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/saliency.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/search.smk"
 
 
 if EXPERIMENT:  # experiments/*.yaml: the model-capacity toy experiments

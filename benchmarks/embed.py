@@ -69,7 +69,7 @@ def main() -> None:
     cells = plate(args.wells, args.cells_per_well, args.features)
     n = len(cells.x)
     torch.manual_seed(0)
-    model = DeepSets(ModelSpec(args.features, args.hidden, args.head_hidden, args.out_dim, "sum", "paper")).to(device).eval()
+    model = DeepSets(ModelSpec.paper(args.features, args.hidden, args.head_hidden, args.out_dim)).to(device).eval()
     flop = 2 * n * args.features * args.hidden
     print(f"# cytoagg embedding, {platform.node()} ({torch.get_num_threads()} threads, {device}), torch {torch.__version__}")
     print(f"# {machine(device)}")

@@ -51,7 +51,7 @@ def make_checkpoint(src: Path, out: Path) -> None:
 
     features = feature_columns(pq.read_schema(src).names)
     torch.manual_seed(0)
-    spec = ModelSpec(len(features), 2048, 256, 2048, "sum", "paper")
+    spec = ModelSpec.paper(len(features))
     torch.save({"format": CHECKPOINT_FORMAT, "model_spec": spec.to_dict(), "state_dict": DeepSets(spec).state_dict(),
                 "features": features, "normalization": {}, "train_settings": {"temperature": 0.1}}, out)
 
@@ -127,7 +127,7 @@ def check_cuda(wells: int = 64, cells: int = 3000, n_features: int = 500) -> Non
     x = (rng.normal(size=(len(well_index), n_features)) + rng.normal(size=(wells, n_features))[well_index]).astype(np.float32)
     labels = np.arange(wells) // 4  # 4 replicate wells per perturbation
     torch.manual_seed(0)
-    net = DeepSets(ModelSpec(n_features, 2048, 256, 2048, "sum", "paper")).eval()
+    net = DeepSets(ModelSpec.paper(n_features)).eval()
     got = {}
     for device in ("cpu", "cuda"):
         got[device] = cell_saliency(net.to(device), array_chunks(x), well_index, labels, 0.1,

@@ -219,8 +219,7 @@ def bench(args, precision: str, plate, device) -> dict:
     """One precision: the phases timed one by one, the training loop itself, the ceiling; prints its tables."""
     torch.manual_seed(0)
     sampler = SetSampler(plate, sorted(set(plate.perturbations)), n_views=4)
-    model = DeepSets(ModelSpec(n_features=args.features, cell_hidden=args.hidden, head_hidden=args.head_hidden,
-                               out_dim=args.out_dim, pooling="sum", head="paper")).to(device)  # the paper's network
+    model = DeepSets(ModelSpec.paper(args.features, args.hidden, args.head_hidden, args.out_dim)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     rng = np.random.default_rng(0)
     batches = sampler.batches(18, rng)

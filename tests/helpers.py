@@ -166,7 +166,8 @@ def model_spec(n_features: int, **overrides) -> ModelSpec:
     """The network config ``train:`` defaults describe (the paper's), for ``n_features`` input features."""
     d = defaults("train")
     values = dict(cell_hidden=d["cell_hidden"], head_hidden=d["head_hidden"], out_dim=d["out_dim"],
-                  pooling=d["pooling"], head=d["head"])
+                  pooling=d["pooling"], head=d["head"], cell_activation=d["cell_activation"],
+                  plate_norm=d["plate_norm"], part_weight=d["part_weight"], part_tau=d["part_tau"])
     return ModelSpec(n_features, **{**values, **overrides})
 
 

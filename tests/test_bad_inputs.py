@@ -381,6 +381,12 @@ def test_09_set_sizes_that_can_never_be_drawn_are_refused_not_looped():
 # ------------------------------------------------------------------------------------------ config errors before any job
 
 
+# The demo's second-order model (config.yaml's train:); the tiny config trains the paper's network.
+SECOND_ORDER = {"pooling": "meancov", "cell_activation": "none", "cell_hidden": "auto", "init": "pca_negcon", "cell_lr": 0,
+                "plate_norm": "negcon_mad", "head": "parts"}
+NO_SALIENCY = {"enabled": False}
+
+
 def dry_run(tmp_path, config: dict) -> subprocess.CompletedProcess:
     wd = copy_workflow(tmp_path)
     (wd / "bad.yaml").write_text(yaml.safe_dump(config))
@@ -398,8 +404,13 @@ def dry_run(tmp_path, config: dict) -> subprocess.CompletedProcess:
     ({"metadata": {"perturbation": "Metadata_Well"}}, "metadata.well and metadata.perturbation both name column"),  # 15
     ({"metadata": {"perturbation": "broad_sample"}}, "did you mean 'Metadata_broad_sample'"),  # 16
     ({"compounds": {"validation": 1.0}}, "config key compounds.validation: 1 holds every compound out"),  # 17
+    ({"metadata": {"negcon_value": None}, "evaluate": {"pipelines": ["raw"]}, "train": SECOND_ORDER, "saliency": NO_SALIENCY},
+     "config key train.plate_norm needs metadata.negcon_value"),  # 14
+    ({"train": {**SECOND_ORDER, "plate_norm": "none"}, "saliency": NO_SALIENCY}, "config key train.head 'parts' needs train.plate_norm"),  # 14
+    ({"train": SECOND_ORDER}, "config key saliency.enabled: the saliencies (V0, V1) are defined for the paper's"),
 ], ids=["9-set-size", "10-empty-results", "10-root-results", "11-corr-threshold", "11-epsilon", "12-wildcard",
-        "15-perturbation-is-well", "16-close-match", "17-all-held-out"])
+        "15-perturbation-is-well", "16-close-match", "17-all-held-out", "14-no-negcon", "14-parts-without-norm",
+        "saliency-second-order"])
 def test_config_errors_stop_before_any_job(tmp_path, config, message):
     proc = dry_run(tmp_path, config)
     out = proc.stdout + proc.stderr
@@ -414,6 +425,9 @@ def test_16_metadata_columns_checked_against_the_first_real_plate(tmp_path):
         "plates": {"train": ["all_cellprofiler"], "validation": []},
         "metadata": {"perturbation": "genotype", "negcon_value": None},
         "evaluate": {"pipelines": ["raw"]},
+        # no negative controls: the paper's model (the default one normalizes against them)
+        "train": {"pooling": "sum", "cell_activation": "leaky_relu", "cell_hidden": 64, "init": "random",
+                  "cell_lr": None, "plate_norm": "none", "head": "paper", "part_lr": None},
     }
     (tmp_path / "data").mkdir()
     proc = dry_run(tmp_path / "data", config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -101,3 +102,23 @@ def test_a_well_twice_is_refused(two_plates, tmp_path):
     paths, _, _ = two_plates
     with pytest.raises(InputError, match="PA_A01"):
         export_anndata([paths[0], paths[0]], tmp_path / "x.h5ad", annotation(), "mean", "raw")
+
+
+def test_the_rules_step_writes_every_key_and_reads_a_folder_as_its_file(two_plates, tmp_path):
+    """export_step (the export_anndata rule): one file per profile key; a per-plate pipelines' folder stands for
+    its file of that method and pipeline."""
+    from cytoagg.profiles.export import export_step
+
+    paths, frames, features = two_plates
+    folder = tmp_path / "by_plate" / "P2"
+    folder.mkdir(parents=True)
+    shutil.copy(paths[1], folder / "mean__negcon_mad.parquet")
+    sources = {"mean__raw": paths, "mean__negcon_mad": [paths[0], folder]}
+    outputs = {key: tmp_path / f"{key}.h5ad" for key in sources}
+    params = json.dumps({"cytoagg_version": "0", "annotation": annotation().to_params()})
+    export_step(sources, outputs, params, tmp_path / "export.log")
+    for key in sources:
+        adata = ad.read_h5ad(outputs[key])
+        assert adata.n_obs == 9 and adata.uns["cytoagg"]["pipeline"] == key.split("__")[1]
+        np.testing.assert_array_equal(adata.X, ad.read_h5ad(outputs["mean__raw"]).X)
+    assert len((tmp_path / "export.log").read_text().splitlines()) == 2

@@ -368,7 +368,7 @@ def _expand_f_string(text: str) -> str:
     writes ``{input.NAME:q}`` per name) filled in for two methods, and its doubled braces made single."""
     names = {"named_file_args": named_file_args, "METHODS": ["model", "mean"], "BASELINES": ["mean"],
              "CONTROLS": ["model_untrained"], "PROFILES": ["model__raw", "mean__negcon_mad"],
-             "FILE_PROFILES": ["model__raw", "mean__raw"]}
+             "FILE_PROFILES": ["model__raw", "mean__raw"], "SEARCH": ["t000", "t001"]}
     text = GENERATED.sub(lambda m: eval(m.group(1), names).replace("{", "\0").replace("}", "\1"), text)
     assert not re.search(r"(?<!\{)\{(?!\{)", text.replace("{{", "")), f"an f-string expression this test cannot read: {text!r}"
     return text.replace("{{", "{").replace("}}", "}").replace("\0", "{").replace("\1", "}")

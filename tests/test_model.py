@@ -128,3 +128,67 @@ def test_training_layer_matches_plain_layers(pooling):
     w = linear.weight.detach().clone().requires_grad_()
     b = linear.bias.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda w, b: SetPooledLayer.apply(x, w, b, 0.01), (w, b))
+
+
+def second_order(**kw):
+    torch.manual_seed(0)
+    spec = dict(cell_hidden=3, pooling="meancov", cell_activation="none", plate_norm="negcon_mad", head="parts")
+    return DeepSets(model_spec(5, **{**spec, **kw}))
+
+
+def test_meancov_pooling_is_the_mean_and_covariance_of_the_projections():
+    m = second_order().eval()
+    sizes = [3, 11, 1, 7]
+    x = torch.randn(sum(sizes), 5)
+    idx = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes))
+    pooled = m.pool_wells(x, idx, 4, chunk_cells=4)
+    assert pooled.shape == (4, 3 + 6) and m.pooled_dim == 9
+    lin = m.cell_net[0]
+    start = 0
+    for w, n in enumerate(sizes):
+        h = (x[start : start + n] @ lin.weight.T + lin.bias).detach().double().numpy()
+        cov = np.cov(h.T, bias=True).reshape(3, 3)
+        np.testing.assert_allclose(pooled[w, :3].numpy(), h.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pooled[w, 3:].numpy(), cov[np.triu_indices(3)], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pooled[w], m.pool_sets(x[None, start : start + n])[0], rtol=1e-4, atol=1e-5)
+        start += n
+
+
+def test_plate_norm_and_parts_head():
+    m = second_order(part_weight=2.0, part_tau=1.0).eval()
+    pooled = torch.randn(40, 9) * 3 + 1
+    stats = m.negcon_stats(pooled[:20])
+    center, scale, null = stats
+    torch.testing.assert_close(center, pooled[:20].median(0).values)
+    assert null.shape == (2,) and (null > 0).all()
+    out = m.project(pooled, stats)
+    assert out.shape == (40, 9) and torch.isfinite(out).all()
+    # shrinkage never zeroes a part (no all-zero profile, no ties) and the mean part carries its weight
+    z = (pooled - center) / scale
+    shrink = (1 - null[0] / z[:, :3].norm(dim=1, keepdim=True)).clamp(min=0.05)
+    torch.testing.assert_close(out[:, :3], 2.0 * z[:, :3] * shrink)
+    assert (out.norm(dim=1) > 0).all()
+    with pytest.raises(ValueError, match="negcon_stats"):
+        m.project(pooled)
+
+
+@pytest.mark.parametrize("options", [
+    dict(pooling="meancov", cell_activation="none", plate_norm="negcon_mad", head="parts"),
+    dict(pooling="meancov", cell_activation="leaky_relu", plate_norm="negcon_mad", head="paper"),
+    dict(pooling="mean", cell_activation="none", plate_norm="negcon_mad", head="parts"),
+    dict(pooling="meancov", cell_activation="none", plate_norm="none", head="paper"),
+], ids=lambda o: "-".join(o.values()))
+def test_second_order_options_keep_permutation_invariance(options):
+    m = second_order(**options).eval()
+    x = torch.randn(2, 30, 5)
+    stats = m.negcon_stats(m.pool_sets(torch.randn(6, 30, 5)))
+    torch.testing.assert_close(m(x, stats), m(x[:, torch.randperm(30)], stats), rtol=1e-4, atol=1e-5)
+
+
+def test_second_order_options_that_do_not_fit_are_errors():
+    with pytest.raises(ValueError, match="plate_norm"):
+        DeepSets(model_spec(3, head="parts"))
+    with pytest.raises(ValueError, match="pooling"):
+        DeepSets(model_spec(3, plate_norm="negcon_mad", pooling="sum"))
+    with pytest.raises(ValueError, match="cell_activation"):
+        DeepSets(model_spec(3, cell_activation="relu"))

@@ -211,12 +211,14 @@ def test_training_selection_ranks_against_every_non_control_well():
     from cytoagg.model.train import NEGCON, _split_maps
 
     class Fixed(torch.nn.Module):  # "embeds" each well as its cells' first row
+        needs_negcon = False
+
         def pool_wells(self, x, well_index, n_wells):
             out = torch.zeros(n_wells, x.shape[1])
             out.index_copy_(0, torch.as_tensor(well_index), torch.as_tensor(np.asarray(x)))
             return out
 
-        def project(self, pooled):
+        def project(self, pooled, stats=None):
             return pooled
 
     rng = np.random.default_rng(0)

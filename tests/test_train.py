@@ -267,3 +267,45 @@ def test_lock_on_a_file_system_without_flock_goes_on_unlocked(tmp_path, monkeypa
     with exclusive_lock(tmp_path / ".train.lock"):
         ran.append(True)
     assert ran and "cannot lock on this file system" in caplog.text
+
+
+SECOND_ORDER = dict(
+    pooling="meancov", cell_activation="none", cell_hidden="auto", init="pca_negcon", cell_lr=0.0,
+    plate_norm="negcon_mad", head="parts", part_lr=0.03, temperature=0.2,
+)
+
+
+def test_second_order_model_trains_and_embeds_against_negative_controls(tmp_path, tiny_plates):
+    out, log, _ = train(tmp_path, tiny_plates, settings=replace(SMALL, **SECOND_ORDER), name="so")
+    ckpt = load_checkpoint(out)
+    k = ckpt["model_spec"]["cell_hidden"]
+    assert ckpt["train_settings"]["cell_hidden"] == "auto" and 1 <= k <= len(tiny_plates[1])
+    assert np.isfinite(pd.read_csv(log).loss).all()
+    # cell_lr 0: the per-cell layer is still the negative controls' principal axes it started as; the head learned
+    init, final = ckpt["initial_state_dict"], ckpt["state_dict"]
+    assert torch.equal(init["cell_net.0.weight"], final["cell_net.0.weight"])
+    assert not torch.equal(init["part_log_weight"], final["part_log_weight"])
+    paths, _ = tiny_plates
+    outputs = {"model": tmp_path / "so.parquet", "model_untrained": tmp_path / "so0.parquet"}
+    embed_plate(paths["P3"], out, outputs, "P3", embed_settings())
+    _, x, _ = read_profiles(outputs["model"])
+    _, x0, _ = read_profiles(outputs["model_untrained"])
+    assert x.shape == x0.shape and x.shape[1] == k + k * (k + 1) // 2 and np.isfinite(x).all()
+    # the untrained control is the network training started from: the same PCA projection, the initial head
+    from cytoagg.model.checkpoint import untrained_network
+
+    untrained = untrained_network(ckpt, torch.device("cpu"))
+    assert torch.equal(untrained.cell_net[0].weight, init["cell_net.0.weight"])
+    assert torch.equal(untrained.part_log_weight, init["part_log_weight"])
+    assert not np.allclose(x, x0)
+    no_negcon = embed_settings(annotation=annotation(negcon_value=None))
+    with pytest.raises(InputError, match="negative controls"):
+        embed_plate(paths["P3"], out, {"model": tmp_path / "no.parquet"}, "P3", no_negcon)
+
+
+def test_parallel_analysis_finds_the_planted_rank():
+    from cytoagg.model.negcon import parallel_analysis
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 5)) @ rng.normal(size=(5, 30)) + 0.3 * rng.normal(size=(3000, 30))
+    assert parallel_analysis(x) == 5

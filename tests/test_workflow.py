@@ -13,6 +13,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from helpers import copy_workflow, planned_jobs, snakemake
 
@@ -289,13 +290,18 @@ def test_lint_is_clean(finished):
         (["--config", "plates={'train': ['P1'], 'validation': ['P1']}"], "share plate"),
         (["--config", "plates={'train': ['P1/../x'], 'validation': []}"], "plates"),
         (["--config", "dataset={'path': 'nowhere/{plate}.sqlite'}"], "plate 'P1' not found"),
-        (["--config", "evaluate={'baselines': ['filtered_mean'], 'filtered_mean': {'lower_quantile': 0.6, 'upper_quantile': 0.4}}"],
+        # numbers inside a --config mapping arrive as strings: a config file gives them as numbers
+        ({"evaluate": {"baselines": ["filtered_mean"], "filtered_mean": {"lower_quantile": 0.6, "upper_quantile": 0.4}}},
          "the lower quantile must be below the upper one"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, message):
     wd = copy_workflow(tmp_path)
-    proc = snakemake(wd, "--cores", "1", *override, check=False)
+    if isinstance(override, dict):
+        (wd / "bad.yaml").write_text(yaml.safe_dump(override))
+        proc = snakemake(wd, "--cores", "1", check=False, configfiles=("tiny.yaml", "bad.yaml"))
+    else:
+        proc = snakemake(wd, "--cores", "1", *override, check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (wd / "results").exists()

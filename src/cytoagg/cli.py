@@ -303,6 +303,12 @@ def cmd_toy_data(args, spec):
     write_toy_data(spec, args.plate, args.out_train, args.out_validation, args.out_features, args.out_figure)
 
 
+def cmd_search_table(args, s):
+    from .evaluate.search import search_table
+
+    search_table({name: paths[0] for name, paths in _named(args.logs, "--logs", 1).items()}, args.out_csv, args.out_md, s)
+
+
 def cmd_toy_summary(args, _):
     from .synthetic.toy import summarize_toy
 
@@ -318,6 +324,7 @@ def _settings_classes() -> dict:
     from .evaluate.retrieval import EvaluateSettings, PrCurveSettings
     from .evaluate.saliency import DebrisSettings, SaliencyFigureSettings, SaliencySettings
     from .evaluate.sampling_sweep import SamplingSweepSettings
+    from .evaluate.search import SearchSettings
     from .evaluate.summarize import Splits, SummarizeSettings
     from .ingest.plate import IngestSettings
     from .io.columns import Annotation
@@ -341,7 +348,7 @@ def _settings_classes() -> dict:
         "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
         "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
         "toy-data": ToySpec, "saliency": SaliencySettings, "summarize-saliency": Splits,
-        "saliency-debris": DebrisSettings, "plot-saliency-cells": SaliencyFigureSettings,
+        "saliency-debris": DebrisSettings, "plot-saliency-cells": SaliencyFigureSettings, "search-table": SearchSettings,
     }
 
 
@@ -425,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--results", {"default": "results", "help": "results folder written into the config"}))
     add("toy-data", cmd_toy_data, ("--plate", one), ("--out-train", one), ("--out-validation", one), ("--out-features", one),
         ("--out-figure", one))
+    add("search-table", cmd_search_table, ("--logs", {**named, "required": True}), ("--out-csv", one), ("--out-md", one))
     add("toy-summary", cmd_toy_summary, ("--ap", many), ("--out-md", one), ("--out-csv", one))
     return ap
 

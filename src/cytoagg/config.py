@@ -60,6 +60,66 @@ def check_s3_url(key: str, url: str) -> None:
         )
 
 
+def _check_second_order(config: dict) -> None:
+    """The second-order model's options that only work together (see the schema's train: keys)."""
+    tr, negcon = config["train"], config["metadata"]["negcon_value"]
+    if tr["plate_norm"] != "none":
+        if negcon is None:
+            raise ConfigError("config key train.plate_norm needs metadata.negcon_value (the negative-control wells it "
+                              "normalizes against)")
+        if tr["pooling"] == "sum":
+            raise ConfigError("config key train.plate_norm needs train.pooling 'mean' or 'meancov' (a sum grows with "
+                              "the number of cells)")
+        if config["plates"]["without_negcon"]:
+            raise ConfigError(f"config key train.plate_norm: plates {config['plates']['without_negcon']} have no "
+                              "negative-control wells (plates.without_negcon) to normalize their profiles against")
+    if tr["head"] == "parts" and tr["plate_norm"] == "none":
+        raise ConfigError("config key train.head 'parts' needs train.plate_norm 'negcon_mad'")
+    if tr["init"] == "pca_negcon" and negcon is None:
+        raise ConfigError("config key train.init 'pca_negcon' needs metadata.negcon_value")
+    if tr["cell_hidden"] == "auto" and tr["init"] != "pca_negcon":
+        raise ConfigError("config key train.cell_hidden 'auto' needs train.init 'pca_negcon'")
+    model = (tr["pooling"], tr["cell_activation"], tr["plate_norm"])
+    if config["saliency"]["enabled"] and (model[0] == "meancov" or model[1:] != ("leaky_relu", "none")):
+        raise ConfigError(
+            "config key saliency.enabled: the saliencies (V0, V1) are defined for the paper's per-cell layer "
+            "(train.cell_activation leaky_relu) with sum or mean pooling and no plate normalization, not for "
+            f"train.pooling {model[0]!r}, cell_activation {model[1]!r}, plate_norm {model[2]!r}: "
+            "set saliency.enabled: false"
+        )
+
+
+SEARCH_EXCLUDED = ("checkpoint", "threads", "embedding", "device")  # not training settings a search can vary
+
+
+def search_configs(config: dict) -> dict[str, dict]:
+    """Each trial of config ``search.grid`` (see :func:`cytoagg.evaluate.search.grid_trials`): its config, the
+    config with the trial's ``train:`` values."""
+    from .evaluate.search import grid_trials
+
+    return {t: {**config, "train": {**config["train"], **values}} for t, values in grid_trials(config["search"]["grid"]).items()}
+
+
+def _check_search(config: dict) -> None:
+    grid = config["search"]["grid"]
+    if not grid:
+        return
+    unknown = sorted(set(grid) - set(config["train"]) | set(grid) & set(SEARCH_EXCLUDED))
+    if unknown:
+        raise ConfigError(f"config key search.grid: {unknown} are not training settings a search can vary "
+                          f"(train: keys other than {list(SEARCH_EXCLUDED)})")
+    validation = config["compounds"]["validation"]
+    if not validation:
+        raise ConfigError("config key search.grid: a search is scored on the validation compounds of the training plates, "
+                          "but compounds.validation holds none out")
+    for trial, trial_config in search_configs(config).items():
+        try:
+            _check_set_sizes(trial_config["train"])
+            _check_second_order(trial_config)
+        except ConfigError as e:
+            raise ConfigError(f"config key search.grid, trial {trial} ({ {k: trial_config['train'][k] for k in grid} }): {e}") from None
+
+
 def check_config(config: dict, defaulted: frozenset[str] | set[str] = frozenset()) -> None:
     """``defaulted``: the dotted keys that took the schema's default (none given in a config file or --config)."""
     _check_results(config["results"])
@@ -126,6 +186,8 @@ def check_config(config: dict, defaulted: frozenset[str] | set[str] = frozenset(
     _check_pipelines(config)
     _check_set_sizes(config["train"])
     _check_normalize(config["normalize"])
+    _check_second_order(config)
+    _check_search(config)
     if isinstance(config["compounds"]["validation"], (int, float)) and config["compounds"]["validation"] >= 1:
         raise ConfigError("config key compounds.validation: 1 holds every compound out of training; use a fraction "
                           "below 1 or a list of compound names")

@@ -20,6 +20,7 @@ from snakemake.logging import logger
 import cytoagg
 import cytoagg.config_sources
 import cytoagg.io.files
+import cytoagg.profiles.export
 from cytoagg.cli import named_file_args
 from cytoagg.config_sources import COMMAND_LINE, config_sources, describe_sources
 from cytoagg.config_sources import DEFAULT as SCHEMA_DEFAULT
@@ -30,6 +31,7 @@ from cytoagg.config import (
     PLATE_NAME, check_config, check_first_plate_columns, check_plates_in_s3, on_s3, plate_path, resolve_platemaps,
     s3_keys,
 )
+from cytoagg.config import search_configs
 from cytoagg.profiles.pipelines import profile_key
 
 R = config["results"].rstrip("/")
@@ -218,8 +220,15 @@ EMBED_SETTINGS = settings(
 )
 
 
-def train_settings(split):
-    return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **TRAIN_SETTINGS)
+def train_settings(split, train=None):
+    """The train step's settings; ``train``: another train: section (a search trial's), else the config's."""
+    values = TRAIN_SETTINGS if train is None else {k: v for k, v in train.items() if k in TRAIN_SETTINGS}
+    return settings(annotation=ANNOTATION, split=split, normalization=NORMALIZATION, **values)
+
+
+# The hyper-parameter search's trials (config search.grid; workflow/rules/search.smk): name -> its config
+SEARCH = {} if EXPERIMENT else search_configs(config)
+SEARCH_OUTPUTS = [f"{R}/tables/search.csv", f"{R}/tables/search.md"] if SEARCH else []
 
 
 def ingest_settings(platemap, plate=None):
@@ -389,6 +398,7 @@ def all_outputs():
         *EVALUATION_OUTPUTS,
         *(SALIENCY_OUTPUTS if SALIENCY["enabled"] else []),
         *ANNDATA_OUTPUTS,
+        *SEARCH_OUTPUTS,
     ]
 
 

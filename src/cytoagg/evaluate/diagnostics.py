@@ -65,7 +65,7 @@ def effective_rank_tables(normalized: list, checkpoint, out_summary, out_spectra
     ``out_spectra``: representation, k, normalized singular value p_k.
     """
     from ..model.checkpoint import load_model
-    from ..model.inference import pooled_and_head
+    from ..model.inference import negcon_wells, pooled_and_head
     from ..profiles.aggregate import aggregate_cells
 
     if not normalized:
@@ -79,8 +79,9 @@ def effective_rank_tables(normalized: list, checkpoint, out_summary, out_spectra
     for path in normalized:
         plate = plate_name(path, settings.annotation)
         names.append(plate)
-        cells, _, _ = load_plate_cells(path, features, plate, settings.annotation)
-        pooled, head = pooled_and_head(model, cells, dev, trained.precision)
+        cells, wells, _ = load_plate_cells(path, features, plate, settings.annotation)
+        pooled, head = pooled_and_head(model, cells, dev, trained.precision,
+                                       negcon_wells(model, wells, settings.annotation, path))
         profiles["pooled"].append(pooled)
         profiles["head"].append(head)
         if mean_features != features:

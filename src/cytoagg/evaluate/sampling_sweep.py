@@ -82,7 +82,7 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
     metadata records the model's arithmetic (as the embed step's profiles do).
     """
     from ..model.checkpoint import load_model
-    from ..model.inference import embed_cells
+    from ..model.inference import embed_cells, negcon_wells
 
     annotation, embedding, seeds = settings.annotation, settings.embedding, settings.seeds
     well_col, perturbation_col = annotation.well_col, annotation.perturbation_col
@@ -100,9 +100,10 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
         if key not in loaded:
             loaded[key] = load_plate_cells(normalized, f, plate, annotation)[:2]
 
-    def profile(method: str, cells: PlateCells) -> np.ndarray:
+    def profile(method: str, cells: PlateCells, wells: pd.DataFrame) -> np.ndarray:
         if method == "model":
-            return embed_cells(model, cells, dev, trained.precision, use_head=embedding == "head")
+            negcon = negcon_wells(model, wells, annotation, normalized)
+            return embed_cells(model, cells, dev, trained.precision, use_head=embedding == "head", negcon=negcon)
         from ..profiles.aggregate import aggregate_cells
 
         return aggregate_cells(cells, feats["mean"], "mean").to_numpy()
@@ -118,7 +119,7 @@ def sampling_sweep_plate(normalized, checkpoint, out, plate: str, settings: Samp
             (str(n), s, sub) for s in range(seeds) for n, sub in nested_samples(cells, sizes, s).items()
         ]
         for label, seed, sub in draws:
-            ap = _score(profile(method, sub), wells, annotation, settings.negcon_as_negatives)
+            ap = _score(profile(method, sub, wells), wells, annotation, settings.negcon_as_negatives)
             counts = sub.counts[ap.index.to_numpy()]
             parts.append(
                 pd.DataFrame(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -32,8 +32,16 @@ def load_checkpoint(path) -> dict:
     return payload
 
 
+def _spec(payload: dict) -> ModelSpec:
+    known = {f.name for f in fields(ModelSpec)}
+    missing = sorted(known - set(payload["model_spec"]))
+    if missing:
+        raise InputError(f"checkpoint from an older cytoagg: its model spec lacks {missing}; train it again")
+    return ModelSpec(**payload["model_spec"])
+
+
 def network_from_payload(payload: dict, device) -> DeepSets:
-    network = DeepSets(ModelSpec(**payload["model_spec"]))
+    network = DeepSets(_spec(payload))
     network.load_state_dict(payload["state_dict"])
     return network.to(device).eval()
 
@@ -67,7 +75,12 @@ def load_model(checkpoint, device: str = "auto", threads: int = 1, precision: st
 
 
 def untrained_network(payload: dict, device) -> DeepSets:
-    """The network a checkpoint's training started from: its model spec, initialized after seeding torch with its
-    training seed, as training does (the ``model_untrained`` control)."""
+    """The network a checkpoint's training started from (the ``model_untrained`` control): the weights training
+    began with when the checkpoint holds them (``initial_state_dict``: an init computed from the data, e.g.
+    ``train.init: pca_negcon``), else its model spec initialized after seeding torch with its training seed, as
+    training does."""
     torch.manual_seed(int(payload["train_settings"]["seed"]))
-    return DeepSets(ModelSpec(**payload["model_spec"])).to(device).eval()
+    network = DeepSets(_spec(payload))
+    if payload.get("initial_state_dict") is not None:
+        network.load_state_dict(payload["initial_state_dict"])
+    return network.to(device).eval()

@@ -1,7 +1,24 @@
-"""CytoSummaryNet's Deep Sets model: per-cell MLP -> pooling over a well's cells -> MLP head."""
+"""CytoSummaryNet's Deep Sets model: per-cell MLP -> pooling over a well's cells -> MLP head.
+
+Beyond the paper (config ``train:``; the schema's defaults are the paper's model, ``config.yaml`` runs the
+second-order one):
+
+- ``pooling: meancov``: second-order pooling, the mean and the covariance (upper triangle with the diagonal)
+  of the per-cell outputs over a set: the well's first and second moments in a learned k-dimensional space;
+- ``cell_activation: none``: the per-cell layer is a linear projection (with ``meancov``: the moments of k
+  learned directions of the cells);
+- ``plate_norm: negcon_mad``: the pooled vector is normalized against the plate's negative-control wells,
+  (pooled - median) / (1.4826 MAD) over them (statistics taken from the wells of the plate being profiled,
+  without gradient), as pycytominer's mad_robustize of well profiles against negative controls;
+- ``head: parts``: after ``plate_norm``, each part of the pooled vector (the mean, and the rest: the
+  covariance) is scaled by a learned weight and shrunk by its size relative to the negative controls:
+  ``w_j * v_j * max(floor, 1 - tau_j * null_j / |v_j|)``, with ``null_j`` the median norm of part j over
+  the plate's negative-control wells and ``w_j``, ``tau_j`` learned.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,11 +35,26 @@ class ModelSpec:
     cell_hidden: int
     head_hidden: int
     out_dim: int
-    pooling: str  # sum (the paper) | mean
+    pooling: str  # sum (the paper) | mean | meancov (mean + covariance of the per-cell outputs)
     head: str  # paper: Linear-LeakyReLU-Linear-LeakyReLU | batchnorm: BN after each linear, L2-normalized out
+    #            | parts: per-part learned weight and shrinkage (needs plate_norm)
+    cell_activation: str  # leaky_relu (the paper) | none (a linear projection of the cells)
+    plate_norm: str  # none | negcon_mad: pooled vectors normalized against the plate's negative controls
+    part_weight: float  # head parts: initial weight of the mean part (other parts: 1)
+    part_tau: float  # head parts: initial shrinkage
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def paper(cls, n_features: int, cell_hidden: int = 2048, head_hidden: int = 256, out_dim: int = 2048) -> ModelSpec:
+        """CytoSummaryNet's network (van Dijk et al. 2024): Linear-LeakyReLU per cell, sum pooling, its MLP head
+        (for benchmarks and checks; the workflow's model comes from config ``train:``)."""
+        return cls(n_features, cell_hidden, head_hidden, out_dim, pooling="sum", head="paper",
+                   cell_activation="leaky_relu", plate_norm="none", part_weight=1.0, part_tau=0.0)
+
+
+PART_FLOOR = 0.05  # head parts: the shrinkage factor never goes below this (no all-zero profiles, no ties)
 
 
 class DeepSets(nn.Module):
@@ -30,27 +62,56 @@ class DeepSets(nn.Module):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        if spec.pooling not in ("sum", "mean"):
-            raise ValueError(f"train.pooling must be 'sum' or 'mean', got {spec.pooling!r}")
-        if spec.head not in ("paper", "batchnorm"):
-            raise ValueError(f"train.head must be 'paper' or 'batchnorm', got {spec.head!r}")
+        if spec.pooling not in ("sum", "mean", "meancov"):
+            raise ValueError(f"train.pooling must be 'sum', 'mean' or 'meancov', got {spec.pooling!r}")
+        if spec.head not in ("paper", "batchnorm", "parts"):
+            raise ValueError(f"train.head must be 'paper', 'batchnorm' or 'parts', got {spec.head!r}")
+        if spec.cell_activation not in ("leaky_relu", "none"):
+            raise ValueError(f"train.cell_activation must be 'leaky_relu' or 'none', got {spec.cell_activation!r}")
+        if spec.plate_norm not in ("none", "negcon_mad"):
+            raise ValueError(f"train.plate_norm must be 'none' or 'negcon_mad', got {spec.plate_norm!r}")
+        if spec.head == "parts" and spec.plate_norm == "none":
+            raise ValueError("train.head 'parts' needs train.plate_norm 'negcon_mad' (its shrinkage is relative to the negative controls)")
+        if spec.plate_norm != "none" and spec.pooling == "sum":
+            raise ValueError("train.plate_norm needs a pooling that does not grow with the number of cells ('mean' or 'meancov')")
         self.spec = spec
-        self.cell_net = nn.Sequential(nn.Linear(spec.n_features, spec.cell_hidden), nn.LeakyReLU(inplace=True))
+        k = spec.cell_hidden
+        linear = nn.Linear(spec.n_features, k)
+        self.cell_net = nn.Sequential(linear, nn.LeakyReLU(inplace=True)) if spec.cell_activation == "leaky_relu" else nn.Sequential(linear)
+        self.pooled_dim = k + k * (k + 1) // 2 if spec.pooling == "meancov" else k
+        # parts of the pooled vector: [start, stop) of the mean, then of the covariance (head: parts)
+        self.parts = [(0, k), (k, self.pooled_dim)] if spec.pooling == "meancov" else [(0, k)]
+        if spec.pooling == "meancov":
+            self.register_buffer("triu", torch.triu_indices(k, k), persistent=False)
         if spec.head == "paper":
             self.head = nn.Sequential(
-                nn.Linear(spec.cell_hidden, spec.head_hidden),
+                nn.Linear(self.pooled_dim, spec.head_hidden),
                 nn.LeakyReLU(),
                 nn.Linear(spec.head_hidden, spec.out_dim),
                 nn.LeakyReLU(),
             )
-        else:
+        elif spec.head == "batchnorm":
             self.head = nn.Sequential(
-                nn.Linear(spec.cell_hidden, spec.head_hidden),
+                nn.Linear(self.pooled_dim, spec.head_hidden),
                 nn.BatchNorm1d(spec.head_hidden),
                 nn.LeakyReLU(),
                 nn.Linear(spec.head_hidden, spec.out_dim),
                 nn.BatchNorm1d(spec.out_dim),
             )
+        else:
+            self.head = nn.Identity()
+            w0 = torch.zeros(len(self.parts))
+            w0[0] = math.log(spec.part_weight)
+            self.part_log_weight = nn.Parameter(w0)
+            self.part_tau = nn.Parameter(torch.full((len(self.parts),), float(spec.part_tau)))
+
+    @property
+    def needs_negcon(self) -> bool:
+        """Profiling a plate needs its negative-control wells (their statistics normalize the pooled vectors)."""
+        return self.spec.plate_norm != "none"
+
+    def part_parameters(self) -> list:
+        return [self.part_log_weight, self.part_tau] if self.spec.head == "parts" else []
 
     def pool_sets(self, cells: torch.Tensor) -> torch.Tensor:
         """``cells``: (n_sets, n_cells, n_features), equal-size sets -> pooled (n_sets, cell_hidden).
@@ -59,28 +120,75 @@ class DeepSets(nn.Module):
         elementwise work stays in cache); elsewhere through ``cell_net`` on the flattened cells.
         """
         n_sets, n_cells, n_features = cells.shape
-        linear, act = self.cell_net
-        if cells.device.type == "cpu" and torch.is_grad_enabled() and not cells.requires_grad:
+        if self.spec.pooling == "meancov":
+            # float32 moments, centered first, also under bf16 autocast (a covariance loses its precision there)
+            with torch.autocast(device_type=cells.device.type, enabled=False):
+                h = self.cell_net(cells.reshape(-1, n_features).float()).view(n_sets, n_cells, -1)
+                mean = h.mean(dim=1)
+                centered = h - mean[:, None, :]
+                cov = torch.einsum("snk,snl->skl", centered, centered) / n_cells
+            return torch.cat([mean, cov[:, self.triu[0], self.triu[1]]], dim=1)
+        linear = self.cell_net[0]
+        if (
+            cells.device.type == "cpu" and torch.is_grad_enabled() and not cells.requires_grad
+            and self.spec.cell_activation == "leaky_relu"
+        ):
             # autocast does not reach inside a custom Function: it is told the dtype to compute in
             bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
             compute = torch.bfloat16 if bf16 else cells.dtype
-            pooled = SetPooledLayer.apply(cells, linear.weight, linear.bias, act.negative_slope, compute)
+            pooled = SetPooledLayer.apply(cells, linear.weight, linear.bias, self.cell_net[1].negative_slope, compute)
         else:  # flattened first: the in-place activation then acts on the matmul's own output, not a view of it
             h = self.cell_net(cells.reshape(-1, n_features)).view(n_sets, n_cells, -1)
             pooled = h.sum(dim=1, dtype=torch.float32) if h.dtype == torch.bfloat16 else h.sum(dim=1)  # sums in fp32
         return pooled if self.spec.pooling == "sum" else pooled / n_cells
 
-    def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The head, in float32 also under bf16 autocast: it is a sliver of the FLOPs, and the pooled sums it
-        reads (large, with small differences between wells) would lose their last digits in bf16."""
+    def _mean_cov(self, mean: torch.Tensor, second_triu: torch.Tensor) -> torch.Tensor:
+        """[mean, upper triangle of E[h h^T] - mean mean^T] (population covariance)."""
+        return torch.cat([mean, second_triu - mean[:, self.triu[0]] * mean[:, self.triu[1]]], dim=1)
+
+    def negcon_stats(self, pooled_negcon: torch.Tensor) -> tuple | None:
+        """Plate statistics of the pooled vectors of its negative-control wells: (median, scale, part null norms).
+
+        None when the model has no plate normalization. scale = 1.4826 MAD, floored at 1e-3 of its mean so that
+        a feature constant on the controls does not blow up.
+        """
+        if self.spec.plate_norm == "none":
+            return None
+        if len(pooled_negcon) < 2:
+            raise ValueError(f"plate normalization needs at least 2 negative-control wells, got {len(pooled_negcon)}")
+        p = pooled_negcon.detach().double()
+        center = p.median(dim=0).values
+        scale = 1.4826 * (p - center).abs().median(dim=0).values
+        scale = scale + 1e-3 * scale.mean() + 1e-12
+        z = (p - center) / scale
+        null = torch.stack([z[:, a:b].norm(dim=1).median() for a, b in self.parts])
+        return center.float(), scale.float(), null.float()
+
+    def project(self, pooled: torch.Tensor, stats: tuple | None = None) -> torch.Tensor:
+        """The profile from pooled vectors; ``stats``: :meth:`negcon_stats` of the plate (models with plate_norm).
+        In float32 also under bf16 autocast: it is a sliver of the FLOPs, and the pooled sums it reads (large, with
+        small differences between wells) would lose their last digits in bf16."""
         if pooled.dtype in (torch.bfloat16, torch.float16):
             pooled = pooled.float()
         with torch.autocast(pooled.device.type, enabled=False):
+            if self.spec.plate_norm != "none":
+                if stats is None:
+                    raise ValueError("this model normalizes against the plate's negative controls: pass negcon_stats")
+                center, scale, null = (t.to(pooled.device) for t in stats)
+                pooled = (pooled - center) / scale
+                if self.spec.head == "parts":
+                    out = []
+                    for j, (a, b) in enumerate(self.parts):
+                        v = pooled[:, a:b]
+                        size = v.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                        shrink = (1 - self.part_tau[j] * null[j] / size).clamp(min=PART_FLOOR)
+                        out.append(torch.exp(self.part_log_weight[j]) * v * shrink)
+                    return torch.cat(out, dim=1)
             z = self.head(pooled)
         return F.normalize(z, dim=-1) if self.spec.head == "batchnorm" else z
 
-    def forward(self, cells: torch.Tensor) -> torch.Tensor:
-        return self.project(self.pool_sets(cells))
+    def forward(self, cells: torch.Tensor, stats: tuple | None = None) -> torch.Tensor:
+        return self.project(self.pool_sets(cells), stats)
 
     @torch.no_grad()
     def pool_wells(self, x, well_index, n_wells: int, chunk_cells: int = 16_384) -> torch.Tensor:
@@ -93,17 +201,29 @@ class DeepSets(nn.Module):
         """
         device = next(self.parameters()).device
         well_index = torch.as_tensor(np.asarray(well_index), device=device)
-        pooled = torch.zeros(n_wells, self.spec.cell_hidden, dtype=torch.float32, device=device)
+        k = self.spec.cell_hidden
+        meancov = self.spec.pooling == "meancov"
+        # meancov: float64 sums of h and h h^T (a covariance from raw moments needs the precision)
+        dtype = torch.float64 if meancov else torch.float32
+        pooled = torch.zeros(n_wells, k, dtype=dtype, device=device)
+        second = torch.zeros(n_wells, k * (k + 1) // 2, dtype=dtype, device=device) if meancov else None
         for start in range(0, x.shape[0], chunk_cells):
             chunk = x[start : start + chunk_cells]
             if isinstance(chunk, np.ndarray):
                 chunk = torch.from_numpy(np.array(chunk, dtype=np.float32))
-            h = self.cell_net(chunk.to(device)).float()
-            pooled.index_add_(0, well_index[start : start + chunk_cells], h)
-        if self.spec.pooling == "mean":
+            # meancov: float32 projections also under bf16 autocast, as in training (pool_sets)
+            with torch.autocast(device.type, enabled=not meancov and torch.is_autocast_enabled(device.type)):
+                h = self.cell_net(chunk.to(device)).to(dtype)
+            rows = well_index[start : start + chunk_cells]
+            pooled.index_add_(0, rows, h)
+            if meancov:
+                second.index_add_(0, rows, h[:, self.triu[0]] * h[:, self.triu[1]])
+        if self.spec.pooling != "sum":
             counts = torch.bincount(well_index, minlength=n_wells).clamp(min=1).to(pooled)
             pooled = pooled / counts[:, None]
-        return pooled
+            if meancov:
+                pooled = self._mean_cov(pooled, second / counts[:, None])
+        return pooled.float()
 
 
 class SetPooledLayer(torch.autograd.Function):

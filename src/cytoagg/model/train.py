@@ -15,7 +15,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from .cellstore import open_cell_store
 from .checkpoint import CHECKPOINT_FORMAT, save_torch
 from .inference import embed_cells
 from .loss import LOSSES
+from .negcon import NegconStats, negcon_cell_sample, parallel_analysis, param_groups, pca_negcon_init
 from .network import DeepSets, ModelSpec, pick_device
 from .precision import autocast, resolve_precision
 from .sampler import BatchGatherer, FixedSetSize, SetSampler, SetSizeSchedule, cells_tensor
@@ -59,11 +60,18 @@ class TrainSettings(Settings):
     cells_mean: float
     cells_std: float
     cells_min: int
-    cell_hidden: int
+    cell_hidden: int | str  # "auto" (with init pca_negcon): parallel analysis of the negative-control cells
     head_hidden: int
     out_dim: int
     pooling: str
     head: str
+    cell_activation: str
+    plate_norm: str
+    init: str
+    part_weight: float
+    part_tau: float
+    part_lr: float | None
+    cell_lr: float | None
     loss: str
     temperature: float
     margin: float
@@ -72,7 +80,11 @@ class TrainSettings(Settings):
     eval_every: int
 
     def model_spec(self, n_features: int) -> ModelSpec:
-        return ModelSpec(n_features, self.cell_hidden, self.head_hidden, self.out_dim, self.pooling, self.head)
+        return ModelSpec(
+            n_features, self.cell_hidden, self.head_hidden, self.out_dim, self.pooling, self.head,
+            cell_activation=self.cell_activation, plate_norm=self.plate_norm, part_weight=self.part_weight,
+            part_tau=self.part_tau,
+        )
 
 
 NEGCON = "__negcon__"  # label of negative-control wells inside training: never a training or validation compound
@@ -106,7 +118,7 @@ def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set
         treated = p.perturbations != NEGCON
         if treated.sum() < 2:
             continue
-        profiles = embed_cells(model, p, device, precision)[treated]
+        profiles = embed_cells(model, p, device, precision, negcon=~treated)[treated]
         labels = p.perturbations[treated]
         for name, compounds in splits.items():
             queries = np.isin(labels, list(compounds))
@@ -123,7 +135,7 @@ def _split_maps(model: DeepSets, plates: list[PlateCells], splits: dict[str, set
 
 def _run_epoch(
     model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident=None, gatherer=None,
-    *, precision: str,
+    negcon_stats=None, *, precision: str,
 ) -> tuple[list, float]:
     """One pass over every training plate's compounds; returns the step losses and the seconds spent waiting for data.
 
@@ -131,7 +143,8 @@ def _run_epoch(
     draws happen in the main thread, in the same order as without prefetching, so a seed gives the
     same run either way. ``resident``: each plate's cells as a tensor on ``device`` (see
     :func:`resident_cells`); batches are then gathered there, with no host copy per step. ``gatherer``:
-    the host path's buffers, kept from one epoch to the next (made here if not given). ``precision``: ``fp32``
+    the host path's buffers, kept from one epoch to the next (made here if not given). ``negcon_stats``: a
+    :class:`~cytoagg.model.negcon.NegconStats` (models with plate normalization). ``precision``: ``fp32``
     or ``bf16`` (resolved): the model runs under :func:`~cytoagg.model.precision.autocast`, the loss in float32.
     """
     batches = [(k, b) for k, s in enumerate(samplers) for b in s.batches(settings.batch_compounds, rng)]
@@ -152,6 +165,7 @@ def _run_epoch(
     pending = plan(order[0]) if len(order) else None
     for pos in range(len(order)):
         labels, slot, batch = pending
+        k = batches[order[pos]][0]
         t = time.perf_counter()
         if resident is not None:
             x = batch
@@ -160,8 +174,9 @@ def _run_epoch(
             gatherer.copied(slot)
         waited += time.perf_counter() - t
         pending = plan(order[pos + 1]) if pos + 1 < len(order) else None
+        stats = negcon_stats(k) if negcon_stats is not None else None
         with autocast(device, precision):
-            emb = model(x)
+            emb = model(x, stats)
         loss = loss_fn(emb.float(), torch.from_numpy(labels).to(device), **loss_kw)
         value = loss.item()
         if not math.isfinite(value):
@@ -270,8 +285,9 @@ def _resume(path: Path, fingerprint: str, model, opt, rng) -> _Progress:
 
 
 def _checkpoint(model, features: list[str], settings: TrainSettings, plates: list[str], epoch: int, val_map: float,
-                input_kind: str, precision: str) -> dict:
+                input_kind: str, precision: str, initial_state: dict | None = None) -> dict:
     return {
+        "initial_state_dict": initial_state,
         "format": CHECKPOINT_FORMAT,
         "input": input_kind,
         "cytoagg_version": __version__,
@@ -356,8 +372,10 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
     train_compounds, val_compounds = _compound_split(plates, settings.split)
     samplers = [SetSampler(p, sorted(train_compounds), settings.n_views, max_wells_per_set) for p in plates]
 
-    model = DeepSets(settings.model_spec(len(features))).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    model, initial_state = _initial_model(plates, features, settings, device)
+    opt = torch.optim.AdamW(param_groups(model, settings.lr, settings.cell_lr, settings.part_lr), lr=settings.lr,
+                            weight_decay=settings.weight_decay)
+    negcon_stats = NegconStats(model, plates, NEGCON, device) if model.needs_negcon else None
     loss_fn = LOSSES.get(settings.loss)
     if loss_fn is None:
         raise InputError(f"train.loss must be one of {sorted(LOSSES)}, got {settings.loss!r}")
@@ -384,7 +402,7 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
             t0 = time.perf_counter()
             losses, waited = _run_epoch(
                 model, opt, loss_fn, loss_kw, plates, samplers, schedule, settings, rng, device, pool, resident, gatherer,
-                precision=precision,
+                negcon_stats, precision=precision,
             )
             if not losses:
                 raise InputError(
@@ -407,7 +425,7 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
                 if progress.best is None or score > progress.best["score"]:
                     progress.best, progress.since_best = {"score": score, "epoch": epoch}, 0
                     save_torch(_checkpoint(model, features, settings, [p.plate for p in plates], epoch, row["val_mAP"],
-                                           input_kind, precision), best_path)
+                                           input_kind, precision, initial_state), best_path)
                 else:
                     progress.since_best += 1
             row["seconds"] = time.perf_counter() - t0
@@ -431,6 +449,26 @@ def _fit(plates: list[PlateCells], inputs: list, features: list[str], out_model,
         logger.info("kept the last evaluated epoch, %d (no validation compound to select by)", best["epoch"])
     return {"best_epoch": best["epoch"], "best_score": best["score"] if val_compounds else None,
             "epochs_run": len(progress.history)}
+
+
+def _initial_model(plates: list[PlateCells], features: list[str], settings: TrainSettings, device):
+    """The network training starts from, and its weights when they come from the data (``init: pca_negcon``; the
+    ``model_untrained`` control is rebuilt from them), else None (the seed alone rebuilds it)."""
+    if settings.init not in ("random", "pca_negcon"):
+        raise InputError(f"train.init must be 'random' or 'pca_negcon', got {settings.init!r}")
+    negcon_cells = negcon_cell_sample(plates, NEGCON, 200_000, settings.seed) if settings.init == "pca_negcon" else None
+    model_settings = settings
+    if settings.cell_hidden == "auto":
+        if negcon_cells is None:
+            raise InputError("train.cell_hidden 'auto' needs train.init 'pca_negcon'")
+        k = parallel_analysis(negcon_cells, seed=settings.seed)
+        logger.info("cell_hidden auto: %d components above parallel analysis' null (of %d features)", k, len(features))
+        model_settings = replace(settings, cell_hidden=max(1, k))
+    model = DeepSets(model_settings.model_spec(len(features))).to(device)
+    if negcon_cells is None:
+        return model, None
+    pca_negcon_init(model, negcon_cells)
+    return model, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _compound_split(plates: list[PlateCells], split: CompoundSplit) -> tuple[set[str], set[str]]:

@@ -13,7 +13,7 @@ from ..io.columns import Annotation
 from ..io.files import InputError
 from ..io.parquet import PRECISION_KEY, write_profiles
 from ..model.checkpoint import load_model, untrained_network
-from ..model.inference import embed_cells
+from ..model.inference import embed_cells, negcon_wells
 from ..settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -58,13 +58,16 @@ def embed_plate(normalized, checkpoint, outputs: dict, plate: str, settings: Emb
     _check_normalization(checkpoint, trained.payload.get("normalization") or {}, settings.normalization)
     cells, wells, _ = load_plate_cells(normalized, trained.features, plate, settings.annotation)
     use_head = embedding == "head"
+    negcon = negcon_wells(trained.network, wells, settings.annotation, normalized)
     profiles, provenance = {}, {}
     if "model" in outputs:
-        profiles["model"] = embed_cells(trained.network, cells, trained.device, trained.precision, use_head=use_head)
+        profiles["model"] = embed_cells(trained.network, cells, trained.device, trained.precision, use_head=use_head,
+                                        negcon=negcon)
         provenance["model"] = trained.provenance()
     if "model_untrained" in outputs:
         network = untrained_network(trained.payload, trained.device)
-        profiles["model_untrained"] = embed_cells(network, cells, trained.device, trained.precision, use_head=use_head)
+        profiles["model_untrained"] = embed_cells(network, cells, trained.device, trained.precision, use_head=use_head,
+                                                  negcon=negcon)
         provenance["model_untrained"] = {PRECISION_KEY: trained.precision}
     if "mlp_on_mean" in outputs:
         if mlp_on_mean is None:
@@ -76,7 +79,8 @@ def embed_plate(normalized, checkpoint, outputs: dict, plate: str, settings: Emb
         one_per_well = PlateCells(plate, means.astype(np.float32), np.arange(len(means) + 1, dtype=np.int64),
                                   cells.wells, cells.perturbations)
         profiles["mlp_on_mean"] = embed_cells(control.network, one_per_well, control.device, control.precision,
-                                              use_head=use_head)
+                                              use_head=use_head,
+                                              negcon=negcon_wells(control.network, wells, settings.annotation, normalized))
         provenance["mlp_on_mean"] = control.provenance()
     written = {}
     for name, y in profiles.items():

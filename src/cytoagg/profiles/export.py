@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io.columns import Annotation, metadata_columns
-from ..io.files import InputError, atomic_path
+from ..io.files import InputError, atomic_path, write_text
 from ..io.parquet import parquet_columns, read_profiles
 
 logger = logging.getLogger(__name__)
@@ -108,3 +108,21 @@ def export_anndata(
                "obs_columns": list(obs.columns)}
     logger.info("%s: %s", out, summary)
     return summary
+
+
+def export_step(sources: dict, outputs: dict, params: str, log) -> list[dict]:
+    """The export_anndata rule (a ``run:`` directive: one call, no process per file): every profile key's files
+    (``sources``: key -> one path per plate; a per-plate pipelines' folder stands for its file of that key) to its
+    ``.h5ad`` (``outputs``: key -> path). ``params``: the rule's settings JSON (the metadata columns); ``log``: a
+    line per file written."""
+    from ..settings import read_params
+    from .pipelines import KEY_SEPARATOR, pipeline_file, split_key
+
+    annotation = Annotation.from_params(read_params(params)["annotation"], "export_anndata annotation")
+    summaries = []
+    for key, out in outputs.items():
+        method, pipeline = split_key(key)
+        files = [pipeline_file(p, method, pipeline) if Path(p).is_dir() else Path(p) for p in sources[key]]
+        summaries.append(export_anndata(files, out, annotation, method, pipeline))
+    write_text("".join(f"{outputs[s['method'] + KEY_SEPARATOR + s['pipeline']]}: {s}\n" for s in summaries), log)
+    return summaries
