@@ -1,8 +1,8 @@
 """Faults: snakemake killed mid-step and mid-training, half-written files, hostile plate names and paths.
 
-The crash tests run the tiny config in a copy of the workflow, kill it with SIGKILL at a chosen moment,
-rerun it with --rerun-incomplete, and compare the final tables with an uninterrupted run
-(``tiny_reference_run``, CPU, same seed).
+The crash tests run the tiny config in a copy of the workflow as far as the trained model, kill it with SIGKILL
+at a chosen moment, rerun it with --rerun-incomplete, and compare the model (tensor by tensor) and the normalized
+plates with an uninterrupted run (``tiny_reference_run``, CPU, same seed): every later step reads only those.
 
 Which kill? ``kill -9 -PGID`` of snakemake's process group is a real crash (machine or session lost, OOM,
 scancel of an allocation): the job dies with snakemake, mid-write, and training must resume from its last
@@ -33,7 +33,8 @@ import yaml
 
 from cytoagg.io.files import atomic_path
 from cytoagg.cli import named_file_args
-from helpers import REPO, assert_same_results, copy_workflow, planned_jobs, snakemake
+from cytoagg.model.checkpoint import load_checkpoint
+from helpers import REPO, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -144,12 +145,28 @@ def unlock(wd: Path) -> None:
     snakemake(wd, "--unlock")
 
 
+# The crash tests run as far as the trained model: every step up to it crashes and resumes here, and the model
+# is the one input of everything after it that a crash could change (compared tensor by tensor).
+TRAINED = ("results/model/model.pt",)
+
+
+def assert_same_model(wd: Path, reference: Path) -> None:
+    """The model and the training plates' normalized cells equal the reference run's, exactly."""
+    got, ref = (load_checkpoint(d / "results/model/model.pt") for d in (wd, reference))
+    assert got["state_dict"].keys() == ref["state_dict"].keys() and got["epoch"] == ref["epoch"]
+    for name, tensor in ref["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+    for plate in ("P1", "P2"):  # the training plates (the validation plate is not normalized before the model)
+        rel = f"results/normalized/{plate}.parquet"
+        pd.testing.assert_frame_equal(pd.read_parquet(wd / rel), pd.read_parquet(reference / rel), check_exact=True)
+
+
 def test_crash_mid_step_and_mid_training_then_rerun_incomplete(tmp_path, tiny_reference_run):
     wd = copy_workflow(tmp_path)
     results = wd / "results"
 
     # 1. Crash while a per-plate step writes its Parquet.
-    run = Run(wd)
+    run = Run(wd, *TRAINED)
 
     def normalize_writing():
         tmp = temporary_files(results, "normalized/.*.parquet.*.tmp")
@@ -172,11 +189,11 @@ def test_crash_mid_step_and_mid_training_then_rerun_incomplete(tmp_path, tiny_re
     # The other job running at that moment (--cores 2) died too; if it had just renamed its output, that
     # file is whole but Snakemake never recorded it as done, so it is marked incomplete: the README's
     # --rerun-incomplete redoes exactly such jobs.
-    assert "normalize" in planned_jobs(wd, "--rerun-incomplete")
+    assert "normalize" in planned_jobs(wd, "--rerun-incomplete", *TRAINED)
 
     # 2. Rerun; crash again in the middle of training, once the log shows epochs done.
     unlock(wd)
-    run = Run(wd, "--rerun-incomplete")
+    run = Run(wd, "--rerun-incomplete", *TRAINED)
     state = results / "model" / "resume_state.pt"
 
     def training_some_epochs():
@@ -198,17 +215,17 @@ def test_crash_mid_step_and_mid_training_then_rerun_incomplete(tmp_path, tiny_re
     visible_parquets_are_whole(results)
     run.kill_group()
 
-    # 3. Rerun to the end: training resumes after its last saved epoch; same tables as without crashes.
+    # 3. Rerun to the model: training resumes after its last saved epoch; the same model as without crashes.
     unlock(wd)
-    run = Run(wd, "--rerun-incomplete")
+    run = Run(wd, "--rerun-incomplete", *TRAINED)
     run.finish()
     train_log = (results / "logs" / "train.log").read_text(errors="replace")
     assert f"resuming from epoch {done}" in train_log, train_log[-2000:]
     history = pd.read_csv(results / "model" / "training_log.csv")
     assert list(history.epoch) == list(range(epochs))
     assert not state.exists()
-    assert_same_results(wd, tiny_reference_run)
-    assert planned_jobs(wd) == {}
+    assert_same_model(wd, tiny_reference_run)
+    assert planned_jobs(wd, *TRAINED) == {}
     # the killed writers' temporary files are hidden names that no "*.parquet" glob or rule input matches
     for leftover in results.rglob("*.tmp"):
         assert leftover.name.startswith("."), leftover
@@ -249,11 +266,11 @@ def test_snakemake_killed_alone_its_orphan_job_and_the_rerun_both_write_whole_fi
 
 def test_snakemake_killed_alone_mid_training_the_rerun_waits_for_the_orphan_trainer(tmp_path, tiny_reference_run):
     """kill -9 of snakemake alone while it trains: the orphaned trainer and the rerun's trainer would share
-    the resume state; the rerun's waits on the training lock instead, and the tables come out the same."""
+    the resume state; the rerun's waits on the training lock instead, and the model comes out the same."""
     wd = copy_workflow(tmp_path)
     results = wd / "results"
     state = results / "model" / "resume_state.pt"
-    run = Run(wd)
+    run = Run(wd, *TRAINED)
 
     def training_some_epochs():
         if not state.exists():
@@ -269,7 +286,7 @@ def test_snakemake_killed_alone_mid_training_the_rerun_waits_for_the_orphan_trai
     assert group_members(run.pgid), "the trainer should outlive snakemake"
 
     unlock(wd)
-    rerun = Run(wd, "--rerun-incomplete")
+    rerun = Run(wd, "--rerun-incomplete", *TRAINED)
     train_log = results / "logs" / "train.log"
     def rerun_trainer_waiting():
         try:  # the rerun replaces the old job's log before its trainer starts
@@ -286,8 +303,8 @@ def test_snakemake_killed_alone_mid_training_the_rerun_waits_for_the_orphan_trai
     assert not group_members(run.pgid)
     train_log = (results / "logs" / "train.log").read_text(errors="replace")
     assert "held by another process" in train_log, train_log[-2000:]
-    assert_same_results(wd, tiny_reference_run)
-    assert planned_jobs(wd) == {}
+    assert_same_model(wd, tiny_reference_run)
+    assert planned_jobs(wd, *TRAINED) == {}
 
 
 def test_atomic_path_shows_nothing_until_done_and_nothing_on_failure(tmp_path):

@@ -53,10 +53,12 @@ def test_init_then_run_to_the_report(tmp_path, monkeypatch):
     assert config["metadata"]["perturbation"] == "Metadata_broad_sample" and config["metadata"]["negcon_value"] == "DMSO"
     assert config["plates"] == {"train": PLATES[:2], "validation": PLATES[2:], "without_negcon": []}
     assert config["compounds"]["validation"] == 0.25
-    # a small run: few epochs, a small network (every other value as `cytoagg init` wrote it)
+    # a small run: few epochs, a small network, no saliency or AnnData files (tested on the tiny screen; every
+    # other value as `cytoagg init` wrote it)
     (wd / "fast.yaml").write_text(yaml.safe_dump({
         "train": {"epochs": 4, "eval_every": 2, "cell_hidden": 64, "head_hidden": 32, "out_dim": 32},
         "evaluate": {"null_size": 1000, "baselines": ["mean", "median"]},
+        "saliency": {"enabled": False}, "export": {"anndata": False},
     }))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "mine.yaml", "fast.yaml"],
                           cwd=wd, capture_output=True, text=True, timeout=900)
