@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import wilcoxon
 
 
 def _random_ap(null_size: int, n_positives: int, n_candidates: int, seed, chunk_elements: int = 1 << 24):
@@ -122,6 +121,8 @@ def paired_test(a, b) -> tuple[float, float, int]:
         return np.nan, np.nan, 0
     if not np.any(diff != 0):
         return np.nan, float(diff.mean()), len(diff)
+    from scipy.stats import wilcoxon  # here, not at the top: the Snakefile imports this module for every run
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
