@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io.columns import feature_columns
-from ..io.files import InputError, write_table, write_text
+from ..io.files import InputError, write_names, write_table
 from ..io.parquet import parquet_columns
 
 logger = logging.getLogger(__name__)
@@ -60,5 +60,5 @@ def common_features(plates: list, out_txt, out_dropped, log: logging.Logger | No
     else:
         log.info("all %d plates have the same %d features", len(per_plate), len(common))
     write_table(dropped, out_dropped)
-    write_text("".join(f"{f}\n" for f in common), out_txt)
+    write_names(common, out_txt)
     return common

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.columns import feature_columns, measurement_columns
-from ..io.files import InputError, write_text
+from ..io.files import InputError, write_names
 from ..io.parquet import open_parquet, parquet_columns, reading
 from ..settings import Settings
 
@@ -293,7 +293,7 @@ def fit_feature_selection(plates: list, out_txt, settings: FeatureSelectSettings
                            blocklist=settings.blocklist, log=log)
     if not kept:
         raise InputError(f"feature selection kept no feature (operations {list(settings.operations)})")
-    write_text("".join(f"{f}\n" for f in kept), out_txt)
+    write_names(kept, out_txt)
     log.info("feature selection: kept %d of %d features on %d cells of %d plates -> %s",
              len(kept), len(candidates), len(pool), len(plates), out_txt)
     return kept
@@ -349,7 +349,7 @@ def fit_covariance_features(plates: list, features: list[str], out_txt, settings
     log = log or logger
     pool = pool_cells([Path(p) for p in plates], features, max_cells=settings.max_cells, seed=settings.seed, log=log)
     chosen = covariance_features(pool, features, features, settings.cov_max_features)
-    write_text("".join(f"{f}\n" for f in chosen), out_txt)
+    write_names(chosen, out_txt)
     log.info("mean_cov: covariances of %d of the %d features", len(chosen), len(features))
     return chosen
 

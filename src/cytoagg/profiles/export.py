@@ -116,13 +116,14 @@ def export_step(sources: dict, outputs: dict, params: str, log) -> list[dict]:
     ``.h5ad`` (``outputs``: key -> path). ``params``: the rule's settings JSON (the metadata columns); ``log``: a
     line per file written."""
     from ..settings import read_params
-    from .pipelines import KEY_SEPARATOR, pipeline_file, split_key
+    from .pipelines import pipeline_file, split_key
 
     annotation = Annotation.from_params(read_params(params)["annotation"], "export_anndata annotation")
-    summaries = []
+    summaries, lines = [], []
     for key, out in outputs.items():
         method, pipeline = split_key(key)
         files = [pipeline_file(p, method, pipeline) if Path(p).is_dir() else Path(p) for p in sources[key]]
         summaries.append(export_anndata(files, out, annotation, method, pipeline))
-    write_text("".join(f"{outputs[s['method'] + KEY_SEPARATOR + s['pipeline']]}: {s}\n" for s in summaries), log)
+        lines.append(f"{out}: {summaries[-1]}\n")
+    write_text("".join(lines), log)
     return summaries

@@ -102,14 +102,14 @@ def validation_classes(spec: ToySpec) -> list[str]:
 def write_toy_data(spec: ToySpec, plate: str, out_train, out_validation, out_features, out_figure) -> None:
     """Training classes' samples, held-out classes' samples (the evaluation set), the feature list, a figure;
     ``plate``: the run's name, written as the samples' plate."""
-    from ..io.files import write_text
+    from ..io.files import write_names
     from ..io.parquet import write_profiles
 
     df = generate(spec)
     df.insert(0, "Metadata_Plate", plate)
     write_profiles(df[df.Metadata_split == "train"], out_train)
     write_profiles(df[df.Metadata_split == "validation"], out_validation)
-    write_text("\n".join(c for c in df.columns if not c.startswith("Metadata_")) + "\n", out_features)
+    write_names([c for c in df.columns if not c.startswith("Metadata_")], out_features)
     plot_classes(df, spec, out_figure)
 
 
