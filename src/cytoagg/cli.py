@@ -318,38 +318,37 @@ def cmd_toy_summary(args, _):
 # ---------------------------------------------------------------------------------------------- parser
 
 
-def _settings_classes() -> dict:
-    """Subcommand -> the settings dataclass its --params is read into (imported only when the CLI runs)."""
-    from .evaluate.diagnostics import EffectiveRankSettings
-    from .evaluate.retrieval import EvaluateSettings, PrCurveSettings
-    from .evaluate.saliency import DebrisSettings, SaliencyFigureSettings, SaliencySettings
-    from .evaluate.sampling_sweep import SamplingSweepSettings
-    from .evaluate.search import SearchSettings
-    from .evaluate.summarize import Splits, SummarizeSettings
-    from .ingest.plate import IngestSettings
-    from .io.columns import Annotation
-    from .model.train import TrainSettings
-    from .preprocess.feature_select import CovarianceSettings, FeatureSelectSettings
-    from .preprocess.normalize import NormalizeSettings
-    from .profiles.aggregate import AggregateSettings
-    from .profiles.embed import EmbedSettings
-    from .profiles.pipelines import PipelineSettings
-    from .synthetic.screen import SyntheticSpec
-    from .synthetic.toy import ToySpec
+# Subcommand -> "module:Class" of the settings dataclass its --params is read into. Only the subcommand's own
+# module is imported: a step that needs no torch (ingest, normalize, plots) does not pay its ~3 s import.
+SETTINGS_CLASSES = {
+    "synthetic-plate": "synthetic.screen:SyntheticSpec", "synthetic-platemap": "synthetic.screen:SyntheticSpec",
+    "ingest": "ingest.plate:IngestSettings", "normalize": "preprocess.normalize:NormalizeSettings",
+    "select-features": "preprocess.feature_select:FeatureSelectSettings", "pack-cells": "io.columns:Annotation",
+    "train": "model.train:TrainSettings", "train-on-means": "model.train:TrainSettings",
+    "embed": "profiles.embed:EmbedSettings", "covariance-features": "preprocess.feature_select:CovarianceSettings",
+    "fit-sphering": "profiles.pipelines:PipelineSettings", "profile-pipelines": "profiles.pipelines:PipelineSettings",
+    "harmony": "profiles.pipelines:PipelineSettings", "aggregate": "profiles.aggregate:AggregateSettings",
+    "export-anndata": "io.columns:Annotation", "evaluate": "evaluate.retrieval:EvaluateSettings",
+    "sampling-sweep": "evaluate.sampling_sweep:SamplingSweepSettings",
+    "summarize-sampling-sweep": "evaluate.summarize:Splits",
+    "effective-rank": "evaluate.diagnostics:EffectiveRankSettings", "summarize": "evaluate.summarize:SummarizeSettings",
+    "plot-cells-per-well": "io.columns:Annotation", "plot-pr-curves": "evaluate.retrieval:PrCurveSettings",
+    "plot-sampling-sweep": "io.columns:Annotation", "toy-data": "synthetic.toy:ToySpec",
+    "saliency": "evaluate.saliency:SaliencySettings", "summarize-saliency": "evaluate.summarize:Splits",
+    "saliency-debris": "evaluate.saliency:DebrisSettings",
+    "plot-saliency-cells": "evaluate.saliency:SaliencyFigureSettings", "search-table": "evaluate.search:SearchSettings",
+}
 
-    return {
-        "synthetic-plate": SyntheticSpec, "synthetic-platemap": SyntheticSpec, "ingest": IngestSettings,
-        "normalize": NormalizeSettings, "select-features": FeatureSelectSettings, "pack-cells": Annotation,
-        "train": TrainSettings, "train-on-means": TrainSettings, "embed": EmbedSettings,
-        "covariance-features": CovarianceSettings, "fit-sphering": PipelineSettings, "profile-pipelines": PipelineSettings,
-        "harmony": PipelineSettings, "aggregate": AggregateSettings, "export-anndata": Annotation,
-        "evaluate": EvaluateSettings,
-        "sampling-sweep": SamplingSweepSettings, "summarize-sampling-sweep": Splits,
-        "effective-rank": EffectiveRankSettings, "summarize": SummarizeSettings,
-        "plot-cells-per-well": Annotation, "plot-pr-curves": PrCurveSettings, "plot-sampling-sweep": Annotation,
-        "toy-data": ToySpec, "saliency": SaliencySettings, "summarize-saliency": Splits,
-        "saliency-debris": DebrisSettings, "plot-saliency-cells": SaliencyFigureSettings, "search-table": SearchSettings,
-    }
+
+def settings_class(command: str):
+    """The settings dataclass of a subcommand, or None where it takes no --params."""
+    import importlib
+
+    where = SETTINGS_CLASSES.get(command)
+    if where is None:
+        return None
+    module, name = where.split(":")
+    return getattr(importlib.import_module(f"cytoagg.{module}"), name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _set_threads(args.threads)
     try:
-        cls = _settings_classes().get(args.command)
+        cls = settings_class(args.command)
         params = read_params(args.params)
         if cls is None and params:
             raise InputError(f"{args.command} takes no --params (got {sorted(params)})")
