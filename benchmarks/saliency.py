@@ -37,6 +37,7 @@ from normalize import WORK, loadavg, measure  # noqa: E402  (the plate generator
 
 STEPS = ("embed", "saliency_v0", "saliency")
 SCHEMA = yaml.safe_load((HERE.parent / "workflow" / "schemas" / "config.schema.yaml").read_text())  # the defaults
+PRECISION = SCHEMA["properties"]["train"]["properties"]["precision"]["default"]  # auto: fp32 on CPUs without bf16 units
 ANNOTATION = {"plate_col": "Metadata_Plate", "well_col": "Metadata_Well", "perturbation_col": "Metadata_broad_sample",
               "negcon_col": "Metadata_broad_sample", "negcon_value": "DMSO"}
 
@@ -60,10 +61,11 @@ def command(step: str, src: Path, checkpoint: Path, out: Path, device: str, thre
     cli = [sys.executable, "-m", "cytoagg"]
     common = ["--normalized", str(src), "--checkpoint", str(checkpoint), "--plate", "BENCH1", "--threads", str(threads)]
     if step == "embed":
-        params = {"annotation": ANNOTATION, "embedding": "head", "device": device, "normalization": {}}
-        return [*cli, "embed", *common, "--out", str(out / "embed.parquet"), "--params", json.dumps(params)]
+        params = {"annotation": ANNOTATION, "embedding": "head", "device": device, "precision": PRECISION,
+                  "normalization": {}}
+        return [*cli, "embed", *common, "--out", "model", str(out / "embed.parquet"), "--params", json.dumps(params)]
     defaults = {k: v["default"] for k, v in SCHEMA["properties"]["saliency"]["properties"].items()}
-    params = {"annotation": ANNOTATION, "device": device, "gradient": step == "saliency",
+    params = {"annotation": ANNOTATION, "device": device, "precision": PRECISION, "gradient": step == "saliency",
               "min_cells": defaults["min_cells"], "correlation_cells": defaults["correlation_cells"]}
     return [*cli, "saliency", *common, "--out-cells", str(out / f"{step}.parquet"),
             "--out-correlation", str(out / f"{step}_correlation.parquet"), "--params", json.dumps(params)]

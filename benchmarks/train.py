@@ -16,7 +16,14 @@ the ``train`` rule's benchmark file).
 ``--precision fp32 bf16``: each precision in turn (``train.precision``: bf16 autocast, float32 sums and
 gradients), each against its own ceiling, the same two matmuls in that dtype; then one line per precision.
 The paper-style reference loop runs in fp32 only. ``--hidden``/``--head-hidden``/``--out-dim``/``--cells``/
-``--features`` give other shapes (the default demo's: 100 cells, D = 48, 512, 256, 256).
+``--features`` give other shapes (the old demo's: 100 cells, D = 48, 512, 256, 256).
+
+``--model second_order``: the shipped default instead (``config.yaml``'s ``train:``): each cell projected on
+``--hidden`` = k axes (a linear layer kept as initialized, ``cell_lr: 0``, so it gets no gradient), the mean and
+covariance of the projections pooled per set, normalized against the plate's negative-control wells (their pooled
+statistics recomputed from all their cells at every step, as training does: part of "forward"), the per-part head.
+Its FLOP count is the projection's forward, 2 x cells x D x k, plus the covariance, 2 x cells x k(k+1)/2; its
+ceiling is that projection's matmul alone. The plate then has 32 negative-control wells (8 of the 96 compounds).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch
 
 from cytoagg.io.cells import PlateCells
 from cytoagg.model.loss import supcon_loss
+from cytoagg.model.negcon import NegconStats, param_groups
 from cytoagg.model.network import DeepSets, ModelSpec, pick_device
 from cytoagg.model.precision import BF16_FLAGS, autocast, cpu_flags
 from cytoagg.model.sampler import BatchGatherer, SetSampler, cells_tensor
@@ -69,10 +77,14 @@ def rate(flop: float, seconds: float, device) -> str:
     return f"{flop / seconds / 1e12:.1f} TFLOP/s" if device.type == "cuda" else f"{flop / seconds / 1e9:.1f} GFLOP/s"
 
 
-def synthetic_plate(n_features: int, cells_per_well: int, seed: int = 0) -> PlateCells:
+def synthetic_plate(n_features: int, cells_per_well: int, seed: int = 0, negcon: bool = False) -> PlateCells:
+    """384 wells of random cells, 96 compounds x 4 wells; ``negcon``: the last 8 compounds' 32 wells are negative
+    controls (training's label for them)."""
+    from cytoagg.model.train import NEGCON
+
     rng = np.random.default_rng(seed)
     wells = [f"W{i:03d}" for i in range(384)]
-    compounds = np.repeat([f"C{i:03d}" for i in range(96)], 4)
+    compounds = np.repeat([f"C{i:03d}" if i < 88 or not negcon else NEGCON for i in range(96)], 4)
     x = rng.standard_normal((384 * cells_per_well, n_features), dtype=np.float32)
     return PlateCells.from_cells("bench", x, np.repeat(wells, cells_per_well), np.repeat(compounds, cells_per_well))
 
@@ -90,8 +102,9 @@ class _Limited:
         return self.sampler.sample(*a)
 
 
-def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3, dtype=torch.float32) -> float:
-    """Seconds of the per-cell layer's two matmuls (forward, weight gradient) at the step's shape, in ``dtype``."""
+def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3, dtype=torch.float32, weight_grad: bool = True) -> float:
+    """Seconds of the per-cell layer's two matmuls (forward, weight gradient; ``weight_grad=False``: the forward
+    alone) at the step's shape, in ``dtype``."""
     x = torch.randn(n_cells, d, device=device).to(dtype)
     w = torch.randn(d, h, device=device).to(dtype)
     g = torch.randn(n_cells, h, device=device).to(dtype)
@@ -100,7 +113,8 @@ def ceiling(n_cells: int, d: int, h: int, device, repeats: int = 3, dtype=torch.
         sync(device)
         t = time.perf_counter()
         _ = x @ w
-        _ = x.T @ g
+        if weight_grad:
+            _ = x.T @ g
         sync(device)
         best = min(best, time.perf_counter() - t)
     return best
@@ -176,9 +190,11 @@ def paper_style_loader(plate, sampler, batches, n_cells, tmp: Path, rng):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["paper", "second_order"], default="paper",
+                    help="the paper's network, or the shipped default (config.yaml's second-order model)")
     ap.add_argument("--features", type=int, default=1000)
     ap.add_argument("--cells", type=int, default=1500, help="cells per set")
-    ap.add_argument("--hidden", type=int, default=2048, help="cell_hidden (the paper: 2048; the demo: 512)")
+    ap.add_argument("--hidden", type=int, default=2048, help="cell_hidden (the paper: 2048); k axes with --model second_order")
     ap.add_argument("--head-hidden", type=int, default=256)
     ap.add_argument("--out-dim", type=int, default=2048, help="the paper: 2048; the demo: 256")
     ap.add_argument("--precision", nargs="+", choices=sorted(DTYPES), default=["fp32"])
@@ -193,12 +209,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    plate = synthetic_plate(args.features, args.cells_per_well)
+    if args.model == "second_order" and args.reference_steps:
+        args.reference_steps = 0  # the paper-style reference loop is the paper's network
+    plate = synthetic_plate(args.features, args.cells_per_well, negcon=args.model == "second_order")
     n_cells = 72 * args.cells
     print(f"# cytoagg training step, {platform.node()} ({torch.get_num_threads()} threads, {device}), torch {torch.__version__}")
     print(f"# {machine(device)}")
-    print(f"# 72 sets x {args.cells} cells = {n_cells} cells, D = {args.features}, hidden {args.hidden}, head "
-          f"{args.head_hidden} -> {args.out_dim}; median of {args.steps} steps")
+    shape = (f"second-order model, k = {args.hidden} axes" if args.model == "second_order"
+             else f"the paper's model, hidden {args.hidden}, head {args.head_hidden} -> {args.out_dim}")
+    print(f"# 72 sets x {args.cells} cells = {n_cells} cells, D = {args.features}, {shape}; median of {args.steps} steps")
     results = {}
     for precision in args.precision:
         print(f"\n## {precision}\n")
@@ -217,10 +236,24 @@ def main() -> None:
 
 def bench(args, precision: str, plate, device) -> dict:
     """One precision: the phases timed one by one, the training loop itself, the ceiling; prints its tables."""
+    from cytoagg.model.train import NEGCON
+
     torch.manual_seed(0)
-    sampler = SetSampler(plate, sorted(set(plate.perturbations)), n_views=4)
-    model = DeepSets(ModelSpec.paper(args.features, args.hidden, args.head_hidden, args.out_dim)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    second_order = args.model == "second_order"
+    sampler = SetSampler(plate, sorted(set(plate.perturbations) - {NEGCON}), n_views=4)
+    if second_order:
+        spec = ModelSpec(args.features, args.hidden, args.head_hidden, args.out_dim, pooling="meancov", head="parts",
+                         cell_activation="none", plate_norm="negcon_mad", part_weight=1.0, part_tau=0.0)
+        model = DeepSets(spec).to(device)
+        opt = torch.optim.AdamW(param_groups(model, 1e-3, cell_lr=0.0, part_lr=0.03), lr=1e-3)
+        negcon_stats = NegconStats(model, [plate], NEGCON, device)
+
+        def forward(x):
+            return model(x, negcon_stats(0))
+    else:
+        model = DeepSets(ModelSpec.paper(args.features, args.hidden, args.head_hidden, args.out_dim)).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+        negcon_stats, forward = None, model
     rng = np.random.default_rng(0)
     batches = sampler.batches(18, rng)
     dtype = DTYPES[precision]
@@ -234,8 +267,9 @@ def bench(args, precision: str, plate, device) -> dict:
         _, buffer = gatherer.next_buffer(idx.size * args.features)
         return BatchGatherer.gather(cells, idx, buffer), labels
 
-    ceil_before = ceiling(72 * args.cells, args.features, model.spec.cell_hidden, device, dtype=dtype)
-    times = time_phases(model, opt, cytoagg_batch, model, batches, args.steps, device, precision)
+    ceil_before = ceiling(72 * args.cells, args.features, model.spec.cell_hidden, device, dtype=dtype,
+                          weight_grad=not second_order)
+    times = time_phases(model, opt, cytoagg_batch, forward, batches, args.steps, device, precision)
     reference = None
     if args.reference_steps and precision == "fp32":
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -258,7 +292,7 @@ def bench(args, precision: str, plate, device) -> dict:
         resident = resident_cells(one_plate, device)  # on CUDA: cells held on the GPU, gathered there
         losses, waited = _run_epoch(
             model, opt, supcon_loss, {}, one_plate, [_Limited(sampler, args.steps)], fixed, loop, rng, device, pool, resident,
-            precision=precision,
+            None, negcon_stats, precision=precision,
         )
         sync(device)
         loop_step = (time.perf_counter() - t) / len(losses)
@@ -266,10 +300,11 @@ def bench(args, precision: str, plate, device) -> dict:
     del resident
 
     n_cells = 72 * args.cells
-    flop = 4 * n_cells * args.features * model.spec.cell_hidden
+    k = model.spec.cell_hidden
+    flop = (2 * n_cells * args.features * k + n_cells * k * (k + 1)) if second_order else 4 * n_cells * args.features * k
     step = sum(np.median(v) for v in times.values())
     compute = step - np.median(times["sampling"])
-    ceil = min(ceil_before, ceiling(n_cells, args.features, model.spec.cell_hidden, device, dtype=dtype))
+    ceil = min(ceil_before, ceiling(n_cells, args.features, k, device, dtype=dtype, weight_grad=not second_order))
     print("| part | seconds per step | share |")
     print("|---|---|---|")
     for k, v in times.items():
@@ -284,7 +319,8 @@ def bench(args, precision: str, plate, device) -> dict:
     print(f"| achieved (training loop) | {rate(flop, loop_step, device)} |")
     print(f"| achieved (phases timed one by one) | {rate(flop, step, device)} |")
     print(f"| achieved (forward+backward+optimizer) | {rate(flop, compute, device)} |")
-    print(f"| ceiling: the two matmuls alone in {precision} | {rate(flop, ceil, device)} |")
+    what = "the projection's matmul alone" if second_order else "the two matmuls alone"
+    print(f"| ceiling: {what} in {precision} | {rate(flop, ceil, device)} |")
     print(f"| training loop / ceiling | {ceil / loop_step:.0%} |")
     if reference:
         ref_step = sum(np.median(v) for v in reference.values())

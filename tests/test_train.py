@@ -120,6 +120,35 @@ def test_embed_uses_all_cells_and_checkpoint_features(tmp_path, tiny_plates):
     assert read_profiles(tmp_path / "P3p.parquet")[1].shape[1] == SMALL.cell_hidden
 
 
+def test_embed_streams_the_plate_and_equals_the_in_memory_profiles(tmp_path, tiny_plates, monkeypatch, caplog):
+    """embed reads the plate a chunk at a time (any row order, cells with NaN left out, a well with no finite cell
+    dropped): its profiles equal those of the whole plate in memory (load_plate_cells + pooled_and_head)."""
+    from cytoagg.io.cells import load_plate_cells
+    from cytoagg.model.checkpoint import load_model
+    from cytoagg.model.inference import pooled_and_head
+    from cytoagg.profiles import embed as embed_module
+
+    out, _, _ = train(tmp_path, tiny_plates)
+    paths, features = tiny_plates
+    df = pd.read_parquet(paths["P3"]).sample(frac=1.0, random_state=0).reset_index(drop=True)  # wells interleaved
+    wells = sorted(df["Metadata_Well"].unique())
+    df.loc[df.index[:5], features[0]] = np.nan
+    df.loc[df["Metadata_Well"] == wells[3], features[1]] = np.inf  # no finite cell left: the well disappears
+    plate = tmp_path / "shuffled.parquet"
+    df.to_parquet(plate)
+    monkeypatch.setattr(embed_module, "CHUNK_CELLS", 37)  # many chunks, each with cells of several wells
+    with caplog.at_level("WARNING"):
+        embed_plate(plate, out, {"model": tmp_path / "s.parquet"}, "P3", embed_settings())
+    assert "dropped" in caplog.text
+    meta, x, _ = read_profiles(tmp_path / "s.parquet")
+    assert wells[3] not in set(meta["Metadata_Well"]) and len(meta) == len(wells) - 1
+    cells, expected_meta, _ = load_plate_cells(plate, features, "P3", ANN)
+    trained = load_model(out, "cpu", 1, "fp32")
+    _, head = pooled_and_head(trained.network, cells, trained.device, "fp32")
+    pd.testing.assert_frame_equal(meta.reset_index(drop=True), expected_meta.reset_index(drop=True))
+    np.testing.assert_allclose(x, head, rtol=1e-5, atol=1e-6)
+
+
 def test_embed_missing_feature_is_clear_error(tmp_path, tiny_plates):
     out, _, _ = train(tmp_path, tiny_plates)
     paths, features = tiny_plates

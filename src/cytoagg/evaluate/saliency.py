@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..io.cells import feature_chunks
 from ..io.columns import Annotation
 from ..io.files import InputError, atomic_path, write_table
 from ..io.parquet import open_parquet
@@ -76,16 +77,7 @@ def saliency_plate(normalized, checkpoint, out_cells, out_correlation, plate: st
     correlations = WellCorrelations(well_index, len(well_names), features, settings.min_cells,
                                     settings.correlation_cells)
 
-    def chunks():
-        start = 0
-        for batch in pf.iter_batches(batch_size=CHUNK_CELLS, columns=features):
-            x = np.empty((batch.num_rows, len(features)), dtype=np.float32)
-            for j, column in enumerate(batch.columns):
-                x[:, j] = column.to_numpy(zero_copy_only=False)
-            yield start, x
-            start += len(x)
-
-    sal = cell_saliency(trained.network, chunks, well_index, labels, temperature, gradient=settings.gradient,
+    sal = cell_saliency(trained.network, lambda: feature_chunks(normalized, features, CHUNK_CELLS), well_index, labels, temperature, gradient=settings.gradient,
                         on_chunk=correlations.add, precision=trained.precision)
     gradient = sal.gradient if sal.gradient is not None else np.full(len(wells), np.nan)
     table = pa.table({

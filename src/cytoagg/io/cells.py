@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .columns import Annotation
+from .columns import Annotation, is_metadata
 from .files import InputError
-from .parquet import read_arrow, read_profiles
+from .parquet import open_parquet, read_arrow, read_profiles, reading
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,58 @@ def load_plate_cells(path, features: list[str], plate: str, annotation: Annotati
     if not finite.all():
         meta, x = meta.loc[finite].reset_index(drop=True), x[finite]
     cells = PlateCells.from_cells(plate, x, meta[well_col].to_numpy(), meta[perturbation_col].to_numpy())
+    return cells, plate_wells(meta, path, annotation), dropped
+
+
+def plate_wells(meta: pd.DataFrame, path, annotation: Annotation) -> pd.DataFrame:
+    """:func:`well_metadata` of a plate's cells, refusing a well whose cells name several perturbations."""
+    well_col, perturbation_col = annotation.well_col, annotation.perturbation_col
     wells = well_metadata(meta, well_col)
     if perturbation_col not in wells.columns:  # never write a profile without what it is a profile of
         varies = meta.groupby(well_col)[perturbation_col].nunique(dropna=False)
         raise InputError(f"{path}: {perturbation_col!r} differs between the cells of well(s) "
                          f"{sorted(varies.index[varies > 1])[:10]}: each well must hold one perturbation")
-    return cells, wells, dropped
+    return wells
+
+
+class CellStream:
+    """A per-cell Parquet read a chunk of cells at a time: every cell's metadata in memory, the features streamed.
+
+    For steps that need each cell once (embed): memory holds one chunk of features, not the plate. ``well_index``
+    numbers each cell's well in sorted well order, as :class:`PlateCells` orders them.
+    """
+
+    def __init__(self, path, features: list[str], annotation: Annotation):
+        self.path, self.features = path, list(features)
+        names = set(open_parquet(path).schema_arrow.names)
+        for col in (annotation.well_col, annotation.perturbation_col):
+            if col not in names:
+                raise InputError(f"{path}: metadata column {col!r} not found (have {sorted(names)[:10]}...)")
+        missing = [f for f in self.features if f not in names]
+        if missing:
+            raise InputError(
+                f"{path}: {len(missing)} feature(s) required by the model/feature list are missing, e.g. {missing[:5]}"
+            )
+        self.meta = read_arrow(path, [c for c in open_parquet(path).schema_arrow.names if is_metadata(c)]).to_pandas()
+        self.well_index, self.well_names = pd.factorize(self.meta[annotation.well_col].astype(str).to_numpy(), sort=True)
+
+    def chunks(self, chunk_cells: int):
+        """(first row, (n, n_features) float32 features) for consecutive chunks of the file's rows."""
+        return feature_chunks(self.path, self.features, chunk_cells)
+
+
+def feature_chunks(path, features: list[str], chunk_cells: int):
+    """(first row, (n, len(features)) float32) for consecutive chunks of a per-cell Parquet's rows, in ``features``'
+    order; a damaged page met on the way is an InputError naming the file."""
+    start = 0
+    pf = open_parquet(path)
+    with reading(path):
+        for batch in pf.iter_batches(batch_size=chunk_cells, columns=list(features)):
+            x = np.empty((batch.num_rows, len(features)), dtype=np.float32)
+            for j, name in enumerate(features):
+                x[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
+            yield start, x
+            start += len(x)
 
 
 def plate_name(path, annotation: Annotation) -> str:

@@ -28,19 +28,25 @@ def pooled_and_head(model: DeepSets, plate: PlateCells, device, precision: str,
     ``negcon``: (n_wells,) mask of the plate's negative-control wells; needed by a model with plate
     normalization (``model.needs_negcon``), whose statistics come from those wells' pooled vectors.
     """
-    stats = None
     with torch.no_grad(), autocast(device, precision):
         pooled = model.pool_wells(plate.x, plate.well_index, len(plate.wells))
+    return pooled.float().cpu().numpy(), head_from_pooled(model, pooled, negcon, plate.plate)
+
+
+def head_from_pooled(model: DeepSets, pooled: torch.Tensor, negcon, plate: str) -> np.ndarray:
+    """The profiles (head outputs) of a plate's wells from their pooled vectors; ``negcon``: as for
+    :func:`pooled_and_head`."""
+    stats = None
+    with torch.no_grad():
         if model.needs_negcon:
             n = 0 if negcon is None else int(np.sum(negcon))
             if n < 2:
                 raise InputError(
-                    f"plate {plate.plate}: the model normalizes against negative controls (train.plate_norm), "
+                    f"plate {plate}: the model normalizes against negative controls (train.plate_norm), "
                     f"but the plate has {n} negative-control wells (2 needed; metadata.negcon_value)"
                 )
             stats = model.negcon_stats(pooled[torch.from_numpy(np.asarray(negcon, dtype=bool)).to(pooled.device)])
-        head = model.project(pooled, stats)
-    return pooled.float().cpu().numpy(), head.float().cpu().numpy()
+        return model.project(pooled, stats).float().cpu().numpy()
 
 
 def negcon_wells(model: DeepSets, wells, annotation, source) -> np.ndarray | None:

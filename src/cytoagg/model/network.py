@@ -199,30 +199,57 @@ class DeepSets(nn.Module):
         activations (chunk_cells x cell_hidden) exist at a time, whatever a well's size. The sums are
         float32 also under bf16 autocast (each chunk's activations are cast up before they are added).
         """
-        device = next(self.parameters()).device
-        well_index = torch.as_tensor(np.asarray(well_index), device=device)
-        k = self.spec.cell_hidden
-        meancov = self.spec.pooling == "meancov"
-        # meancov: float64 sums of h and h h^T (a covariance from raw moments needs the precision)
-        dtype = torch.float64 if meancov else torch.float32
-        pooled = torch.zeros(n_wells, k, dtype=dtype, device=device)
-        second = torch.zeros(n_wells, k * (k + 1) // 2, dtype=dtype, device=device) if meancov else None
+        pool = WellPool(self, n_wells)
+        if not isinstance(well_index, torch.Tensor):
+            well_index = np.asarray(well_index)
         for start in range(0, x.shape[0], chunk_cells):
-            chunk = x[start : start + chunk_cells]
-            if isinstance(chunk, np.ndarray):
-                chunk = torch.from_numpy(np.array(chunk, dtype=np.float32))
-            # meancov: float32 projections also under bf16 autocast, as in training (pool_sets)
-            with torch.autocast(device.type, enabled=not meancov and torch.is_autocast_enabled(device.type)):
-                h = self.cell_net(chunk.to(device)).to(dtype)
-            rows = well_index[start : start + chunk_cells]
-            pooled.index_add_(0, rows, h)
-            if meancov:
-                second.index_add_(0, rows, h[:, self.triu[0]] * h[:, self.triu[1]])
-        if self.spec.pooling != "sum":
-            counts = torch.bincount(well_index, minlength=n_wells).clamp(min=1).to(pooled)
+            pool.add(x[start : start + chunk_cells], well_index[start : start + chunk_cells])
+        return pool.result()
+
+
+class WellPool:
+    """A network's pooled vectors of every well of a plate, from chunks of cells added in any order.
+
+    What lets a step read a plate's cells once, a chunk at a time, for several networks (embed profiles the
+    model and its untrained control in one pass): memory holds one chunk's activations and the per-well sums.
+    Call :meth:`add` under the arithmetic wanted (``torch.no_grad``, bf16 autocast or not).
+    """
+
+    def __init__(self, model: DeepSets, n_wells: int):
+        self.model = model
+        self.device = next(model.parameters()).device
+        k = model.spec.cell_hidden
+        self.meancov = model.spec.pooling == "meancov"
+        # meancov: float64 sums of h and h h^T (a covariance from raw moments needs the precision)
+        self.dtype = torch.float64 if self.meancov else torch.float32
+        self.sums = torch.zeros(n_wells, k, dtype=self.dtype, device=self.device)
+        self.second = torch.zeros(n_wells, k * (k + 1) // 2, dtype=self.dtype, device=self.device) if self.meancov else None
+        self.counts = torch.zeros(n_wells, dtype=torch.float64, device=self.device)
+
+    @torch.no_grad()
+    def add(self, chunk, well_index) -> None:
+        """``chunk``: (n, n_features) cells (tensor or numpy array); ``well_index``: (n,) the well of each."""
+        if isinstance(chunk, np.ndarray):
+            chunk = torch.from_numpy(np.array(chunk, dtype=np.float32))
+        rows = well_index if isinstance(well_index, torch.Tensor) else torch.from_numpy(np.asarray(well_index))
+        rows = rows.to(self.device, torch.int64)
+        model, device = self.model, self.device
+        # meancov: float32 projections also under bf16 autocast, as in training (pool_sets)
+        with torch.autocast(device.type, enabled=not self.meancov and torch.is_autocast_enabled(device.type)):
+            h = model.cell_net(chunk.to(device)).to(self.dtype)
+        self.sums.index_add_(0, rows, h)
+        if self.meancov:
+            self.second.index_add_(0, rows, h[:, model.triu[0]] * h[:, model.triu[1]])
+        self.counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64, device=device))
+
+    def result(self) -> torch.Tensor:
+        """(n_wells, pooled_dim) float32: the sum, mean or [mean, covariance] of each well's cells' outputs."""
+        pooled = self.sums
+        if self.model.spec.pooling != "sum":
+            counts = self.counts.clamp(min=1).to(pooled)
             pooled = pooled / counts[:, None]
-            if meancov:
-                pooled = self._mean_cov(pooled, second / counts[:, None])
+            if self.meancov:
+                pooled = self.model._mean_cov(pooled, self.second / counts[:, None])
         return pooled.float()
 
 

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ..io.cells import PlateCells, load_plate_cells
+from ..io.cells import CellStream, PlateCells, plate_wells
 from ..io.columns import Annotation
 from ..io.files import InputError
 from ..io.parquet import PRECISION_KEY, write_profiles
 from ..model.checkpoint import load_model, untrained_network
-from ..model.inference import embed_cells, negcon_wells
+from ..model.inference import embed_cells, head_from_pooled, negcon_wells
+from ..model.network import WellPool
+from ..model.precision import autocast
+from ..model.saliency import CHUNK_CELLS
 from ..settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,28 +60,40 @@ def embed_plate(normalized, checkpoint, outputs: dict, plate: str, settings: Emb
         raise InputError(f"embed: unknown output(s) {unknown}; expected model and the controls {list(CONTROLS)}")
     trained = load_model(checkpoint, settings.device, threads, settings.precision)
     _check_normalization(checkpoint, trained.payload.get("normalization") or {}, settings.normalization)
-    cells, wells, _ = load_plate_cells(normalized, trained.features, plate, settings.annotation)
-    use_head = embedding == "head"
-    negcon = negcon_wells(trained.network, wells, settings.annotation, normalized)
-    profiles, provenance = {}, {}
+    networks = {}
     if "model" in outputs:
-        profiles["model"] = embed_cells(trained.network, cells, trained.device, trained.precision, use_head=use_head,
-                                        negcon=negcon)
-        provenance["model"] = trained.provenance()
+        networks["model"] = trained.network
     if "model_untrained" in outputs:
-        network = untrained_network(trained.payload, trained.device)
-        profiles["model_untrained"] = embed_cells(network, cells, trained.device, trained.precision, use_head=use_head,
-                                                  negcon=negcon)
-        provenance["model_untrained"] = {PRECISION_KEY: trained.precision}
+        networks["model_untrained"] = untrained_network(trained.payload, trained.device)
+    control = None
     if "mlp_on_mean" in outputs:
         if mlp_on_mean is None:
             raise InputError("embed: the mlp_on_mean output needs its checkpoint (--mlp-on-mean)")
         control = load_model(mlp_on_mean, settings.device, threads, settings.precision)
         if control.features != trained.features:
             raise InputError(f"{mlp_on_mean}: trained on other features than {checkpoint}")
-        means = (np.add.reduceat(cells.x.astype(np.float64), cells.offsets[:-1], axis=0) / cells.counts[:, None])
-        one_per_well = PlateCells(plate, means.astype(np.float32), np.arange(len(means) + 1, dtype=np.int64),
-                                  cells.wells, cells.perturbations)
+
+    stream = CellStream(normalized, trained.features, settings.annotation)
+    pooled, sums, finite = _pool_stream(stream, networks, control is not None, trained.device, trained.precision)
+    well_col = settings.annotation.well_col
+    counts = np.bincount(stream.well_index[finite], minlength=len(stream.well_names))
+    dropped = stream.meta.loc[~finite, well_col].value_counts().sort_index()
+    if len(dropped):
+        logger.warning("%s: dropped %d cells with NaN/inf features in %d wells", normalized, int((~finite).sum()),
+                       len(dropped))
+    kept = counts > 0  # a well left with no cell disappears
+    wells = plate_wells(stream.meta.loc[finite], normalized, settings.annotation)
+    use_head = embedding == "head"
+    negcon = negcon_wells(trained.network, wells, settings.annotation, normalized)
+    profiles, provenance = {}, {}
+    for name, network in networks.items():
+        p = pooled[name][torch.from_numpy(kept).to(pooled[name].device)]
+        profiles[name] = head_from_pooled(network, p, negcon, plate) if use_head else p.cpu().numpy()
+        provenance[name] = trained.provenance() if name == "model" else {PRECISION_KEY: trained.precision}
+    if control is not None:
+        means = (sums[kept] / counts[kept, None]).astype(np.float32)
+        one_per_well = PlateCells(plate, means, np.arange(len(means) + 1, dtype=np.int64),
+                                  stream.well_names[kept], wells[settings.annotation.perturbation_col].to_numpy())
         profiles["mlp_on_mean"] = embed_cells(control.network, one_per_well, control.device, control.precision,
                                               use_head=use_head,
                                               negcon=negcon_wells(control.network, wells, settings.annotation, normalized))
@@ -90,9 +106,45 @@ def embed_plate(normalized, checkpoint, outputs: dict, plate: str, settings: Emb
         )
         write_profiles(df, outputs[name], metadata=provenance[name])
         written[name] = df
-    logger.info("%s: %d wells embedded from %d cells (%s, %s, %s): %s", plate, len(wells), len(cells.x), embedding,
+    logger.info("%s: %d wells embedded from %d cells (%s, %s, %s): %s", plate, len(wells), int(counts.sum()), embedding,
                 trained.device, trained.precision, ", ".join(profiles))
     return written
+
+
+def _pool_stream(stream: CellStream, networks: dict, well_sums: bool, device, precision: str):
+    """One pass over the plate's cells, a chunk at a time: each network's pooled vector of every well, the wells'
+    float64 feature sums (``well_sums``: for the mean profile the ``mlp_on_mean`` control reads) and which cells
+    were finite (cells with NaN/inf in any feature are left out)."""
+    n_wells = len(stream.well_names)
+    pools = {name: WellPool(network, n_wells) for name, network in networks.items()}
+    sums = np.zeros((n_wells, len(stream.features))) if well_sums else None
+    finite = np.ones(len(stream.meta), dtype=bool)
+    with torch.no_grad(), autocast(device, precision):
+        for start, x in stream.chunks(CHUNK_CELLS):
+            rows = stream.well_index[start : start + len(x)]
+            ok = np.isfinite(x).all(axis=1)
+            if not ok.all():
+                finite[start : start + len(x)] = ok
+                x, rows = x[ok], rows[ok]
+            cells = torch.from_numpy(x)
+            for pool in pools.values():
+                pool.add(cells, rows)
+            if sums is not None:
+                sums += _sum_by_well(x, rows, n_wells)
+    return {name: pool.result() for name, pool in pools.items()}, sums, finite
+
+
+def _sum_by_well(x: np.ndarray, rows: np.ndarray, n_wells: int) -> np.ndarray:
+    """(n_wells, n_features) float64 sums of a chunk's cells per well (a chunk holds a few wells: ingest writes
+    wells contiguously, but any order is summed right)."""
+    out = np.zeros((n_wells, x.shape[1]))
+    if len(rows) == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    x, rows = x[order], rows[order]
+    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+    out[rows[starts]] = np.add.reduceat(x, starts, axis=0, dtype=np.float64)
+    return out
 
 
 def _check_normalization(checkpoint, trained: dict, current: dict) -> None:
