@@ -164,8 +164,8 @@ class WellCorrelations:
             if valid.sum() < self.min_cells:
                 continue
             if valid.tobytes() not in ranked:
-                xv = x[valid].astype(np.float64)
-                ranked[valid.tobytes()] = (xv, average_ranks(xv))
+                xv = x[valid]
+                ranked[valid.tobytes()] = (xv.astype(np.float64), average_ranks(xv))  # float32 sorts faster, same ranks
             xv, xr = ranked[valid.tobytes()]
             pearson = _correlations(s[valid, k], xv)
             spearman = _correlations(average_ranks(s[valid, k][:, None])[:, 0], xr)

@@ -82,7 +82,7 @@ def cell_saliency(
             with autocast(device, precision):
                 h = network.cell_net(xt).float()
             pooled.index_add_(0, wells_t[rows], h)
-            l1[rows] = h.abs().sum(dim=1).cpu().numpy()
+            l1[rows] = torch.linalg.vector_norm(h, ord=1, dim=1).cpu().numpy()  # no |h| temporary
             if last_pass is not None:
                 last_pass(start, x, l1[start : start + len(x)], None)
     cells = ~np.isnan(l1)
