@@ -251,7 +251,7 @@ def _check_normalize(normalize: dict) -> None:
 
 
 def _check_set_sizes(train: dict) -> None:
-    from .model.sampler import MIN_ACCEPTANCE, set_size_acceptance
+    from .model.set_sizes import MIN_ACCEPTANCE, set_size_acceptance
 
     p = set_size_acceptance(train["cells_mean"], train["cells_std"], train["cells_min"])
     if p < MIN_ACCEPTANCE:
