@@ -223,7 +223,7 @@ def main() -> None:
         print(f"\n## {precision}\n")
         results[precision] = bench(args, precision, plate, device)
     print()
-    print(f"# each precision against its own ceiling (the same two matmuls in its dtype), {args.threads} threads, {device}")
+    print(f"# each precision against its own ceiling (the ceiling's matmuls in its dtype), {args.threads} threads, {device}")
     print("| precision | seconds per step (training loop) | cells/s | achieved | ceiling | loop / ceiling | sampling share | speed vs fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     for precision, r in results.items():

@@ -239,8 +239,19 @@ class WellPool:
             h = model.cell_net(chunk.to(device)).to(self.dtype)
         self.sums.index_add_(0, rows, h)
         if self.meancov:
-            self.second.index_add_(0, rows, h[:, model.triu[0]] * h[:, model.triu[1]])
+            self._add_second_moments(h, rows)
         self.counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64, device=device))
+
+    def _add_second_moments(self, h: torch.Tensor, rows: torch.Tensor) -> None:
+        """Each well's sum of h h^T (upper triangle), one (n_w x k)^T (n_w x k) product per well of the chunk: the
+        products of every pair of columns, gathered per cell, would be (n x k(k+1)/2) and many times slower."""
+        if len(rows) and bool((rows[1:] < rows[:-1]).any()):
+            order = torch.argsort(rows, stable=True)
+            h, rows = h[order], rows[order]
+        wells, counts = torch.unique_consecutive(rows, return_counts=True)
+        triu = self.model.triu
+        for w, part in zip(wells.tolist(), torch.split(h, counts.tolist())):
+            self.second[w] += (part.T @ part)[triu[0], triu[1]]
 
     def result(self) -> torch.Tensor:
         """(n_wells, pooled_dim) float32: the sum, mean or [mean, covariance] of each well's cells' outputs."""
