@@ -10,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from ..io.columns import is_metadata, metadata_columns
 from ..io.files import InputError
-from ..io.parquet import CHECKSUMS, profile_schema, to_arrow
+from ..io.parquet import cell_writer, profile_schema, to_arrow
 from .compartments import attach_images, compartment_features, link_compartments, merge_objects
 from .formats import check_csv_complete
 from .single_cell import SingleCellParquet
@@ -80,11 +79,11 @@ class CellProfilerCsvSource(Source):
             if missing:
                 raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
             raise
-        table = table.rename_columns(columns)
-        for name in features:  # parsed as float64, then rounded: the values the SQLite and Parquet routes give
-            # (Arrow's direct float32 parse differs from that in the last bit of ~0.2% of values)
-            table = table.set_column(table.schema.get_field_index(name), name, table.column(name).cast(pa.float32()))
-        return table.to_pandas(split_blocks=True, self_destruct=True)
+        # parsed as float64, then rounded: the values the SQLite and Parquet routes give (Arrow's direct float32
+        # parse differs from that in the last bit of ~0.2% of values)
+        wanted = set(features)
+        arrays = [col.cast(pa.float32()) if name in wanted else col for name, col in zip(columns, table.columns)]
+        return pa.Table.from_arrays(arrays, names=columns).to_pandas()
 
     def _images(self, metadata: list[str]) -> pd.DataFrame:
         frames = []
@@ -136,7 +135,7 @@ class CellProfilerCsvSource(Source):
         schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix=".ingest-") as tmp:
             target = Path(tmp) / "cells.parquet"
-            with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
+            with cell_writer(target, schema) as writer:  # features plain, as every per-cell file
                 for frame in self._sites_in_order(images, metadata, features, chunk_rows):
                     writer.write_table(to_arrow(frame, schema))
             source = SingleCellParquet(target, self.well_col, label=self.path)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io.parquet import CHECKSUMS, check_parquet_file, profile_schema
+from ..io.parquet import cell_writer, check_parquet_file, profile_schema
 from .formats import arrow_csv_batches, check_csv_complete
 from .source import Source, image_metadata_names, normalize_wells
 
@@ -106,7 +106,7 @@ class SingleCellCsv(Source):
         physical = [self._physical.get(c, c) for c in metadata]
         types = {**dict.fromkeys(features, pa.float64()), **dict.fromkeys(physical, pa.string())}
         pending, n_pending = [], 0
-        with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
+        with cell_writer(target, schema) as writer:  # features plain, as every per-cell file
             for batch in arrow_csv_batches(self.path, [*physical, *features], types):
                 table = pa.Table.from_batches([batch]).select([*physical, *features])
                 pending.append(table.rename_columns(schema.names).cast(schema, safe=False))
