@@ -36,6 +36,20 @@ The tools (``run TOOL``, one process each, same file):
 
 ``--check`` then compares cytoagg's output with the floor's join: same cells, same values, every
 ``Image_Metadata_*`` column present as ``Metadata_*``, no bookkeeping column among the features.
+
+The same plate in the other layouts (issue 17)::
+
+    python benchmarks/ingest.py export --src plate.sqlite --out plate_csv         # per-site CellProfiler CSV folders
+    python benchmarks/ingest.py export --src plate.sqlite --out plate.parquet     # pycytominer's merge_single_cells
+    python benchmarks/ingest.py export --src plate.parquet --out plate.csv.gz     # that table as CSV.gz (Arrow's writer)
+    python benchmarks/ingest.py verify-layout                                     # the exporter against pycytominer
+    python benchmarks/ingest.py bench --src plate_csv --check --reference <cytoagg's output from plate.sqlite>
+
+``bench`` runs the tools that read the layout: CSV folders ``floor`` (plain pandas), ``cytoagg``, ``pycytominer``
+(its ``load_profiles`` per file, merged as ``SingleCells`` merges: it has no CSV-folder reader) and ``cytotable``
+(preset ``cellprofiler_csv``); single cells ``cytoagg`` and ``pycytominer`` (``load_profiles`` + ``output``).
+``--check --reference`` compares cytoagg's output with its output from the SQLite plate; ``--time-limit`` kills a
+run (and every process it measured) after that many seconds and reports it as not finished.
 """
 
 from __future__ import annotations
