@@ -36,6 +36,20 @@ The tools (``run TOOL``, one process each, same file):
 
 ``--check`` then compares cytoagg's output with the floor's join: same cells, same values, every
 ``Image_Metadata_*`` column present as ``Metadata_*``, no bookkeeping column among the features.
+
+The same plate in the other layouts (issue 17)::
+
+    python benchmarks/ingest.py export --src plate.sqlite --out plate_csv         # per-site CellProfiler CSV folders
+    python benchmarks/ingest.py export --src plate.sqlite --out plate.parquet     # pycytominer's merge_single_cells
+    python benchmarks/ingest.py export --src plate.parquet --out plate.csv.gz     # that table as CSV.gz (Arrow's writer)
+    python benchmarks/ingest.py verify-layout                                     # the exporter against pycytominer
+    python benchmarks/ingest.py bench --src plate_csv --check --reference <cytoagg's output from plate.sqlite>
+
+``bench`` runs the tools that read the layout: CSV folders ``floor`` (plain pandas), ``cytoagg``, ``pycytominer``
+(its ``load_profiles`` per file, merged as ``SingleCells`` merges: it has no CSV-folder reader) and ``cytotable``
+(preset ``cellprofiler_csv``); single cells ``cytoagg`` and ``pycytominer`` (``load_profiles`` + ``output``).
+``--check --reference`` compares cytoagg's output with its output from the SQLite plate; ``--time-limit`` kills a
+run (and every process it measured) after that many seconds and reports it as not finished.
 """
 
 from __future__ import annotations
@@ -184,6 +198,223 @@ def generate(out: Path, n_cells: int, n_features: int, sites: int = 9, seed: int
           f"{out.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
+# ---------------------------------------------------------------- the same plate in the other layouts
+
+
+def _image_rows(con: sqlite3.Connection) -> tuple[list[str], list[tuple]]:
+    names = [r[1] for r in con.execute("PRAGMA table_info(Per_Image)")]
+    return names, con.execute("SELECT * FROM Per_Image ORDER BY ImageNumber").fetchall()
+
+
+def export_cp_csv(src: Path, out: Path) -> None:
+    """The plate as CellProfiler's ExportToSpreadsheet writes it in a distributed run (one CellProfiler job per
+    site): a folder per site (``BENCH1-A01-1``) holding Image.csv and Cells/Cytoplasm/Nuclei.csv, columns without
+    the table prefix in name order (ImageNumber and ObjectNumber first in the object files), ImageNumber 1 in every
+    folder, floats written as Python's csv module writes them. One image at a time: memory holds one site."""
+    import csv
+
+    con = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    image_names, images = _image_rows(con)
+    image_cols = [n.removeprefix("Image_") for n in image_names]
+    image_order = sorted(range(len(image_cols)), key=lambda j: image_cols[j])
+    tables = {}
+    for c in COMPARTMENTS:
+        names = [r[1] for r in con.execute(f"PRAGMA table_info(Per_{c})")]
+        measured = sorted((n.removeprefix(f"{c}_"), j) for j, n in enumerate(names) if n != "ImageNumber")
+        number = names.index(f"{c}_Number_Object_Number")
+        tables[c] = (["ImageNumber", "ObjectNumber", *(n for n, _ in measured)], number, [j for _, j in measured])
+    tmp = out.with_name(out.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    for i, image in enumerate(images, start=1):
+        row = dict(zip(image_names, image))
+        folder = tmp / f"{row['Image_Metadata_Plate']}-{row['Image_Metadata_Well']}-{row['Image_Metadata_Site']}"
+        folder.mkdir(parents=True)
+        values = [1 if image_names[j] == "ImageNumber" else image[j] for j in image_order]
+        with open(folder / "Image.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow([image_cols[j] for j in image_order])
+            w.writerow(values)
+        for c, (header, number, measured) in tables.items():
+            rows = con.execute(f"SELECT * FROM Per_{c} WHERE ImageNumber = ? ORDER BY {c}_Number_Object_Number",
+                               (image[0],)).fetchall()
+            with open(folder / f"{c}.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(header)
+                w.writerows([1, r[number], *(r[j] for j in measured)] for r in rows)
+        if i % 200 == 0:
+            print(f"\r{i}/{len(images)} sites", end="", file=sys.stderr)
+    con.close()
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    size = sum(f.stat().st_size for f in out.rglob("*.csv"))
+    print(f"\n{out}: {len(images)} site folders, {size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
+
+
+# pycytominer's SingleCells(...).merge_single_cells(sc_output_file=...) on this plate (the recipe of run_pycytominer):
+# image columns first, then Cytoplasm, Cells and Nuclei columns (ImageNumber once), every object column as float64,
+# the linking columns renamed to Metadata_*, rows in the merge's order (ImageNumber, then the cytoplasm's object).
+# `verify-layout` checks this against pycytominer itself on a small plate.
+SC_IMAGE_COLUMNS = [("ImageNumber", "Metadata_ImageNumber"), ("Image_Metadata_Plate", "Image_Metadata_Plate"),
+                    ("Image_Metadata_Site", "Image_Metadata_Site"), ("Image_Metadata_Well", "Image_Metadata_Well")]
+SC_RENAMES = {"Cytoplasm_Parent_Cells": "Metadata_Cytoplasm_Parent_Cells",
+              "Cytoplasm_Parent_Nuclei": "Metadata_Cytoplasm_Parent_Nuclei",
+              "Cells_Number_Object_Number": "Metadata_Cells_Number_Object_Number",
+              "Nuclei_Number_Object_Number": "Metadata_Nuclei_Number_Object_Number"}
+
+
+def single_cell_batches(src: Path, batch_cells: int = 4000):
+    """pycytominer's merged single cells, as pandas frames of about ``batch_cells`` cells, in its row order."""
+    import pandas as pd
+
+    con = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    alias = {"Cytoplasm": "cy", "Cells": "ce", "Nuclei": "nu"}
+    select, names = [], []
+    for c in ("Cytoplasm", "Cells", "Nuclei"):
+        for r in con.execute(f"PRAGMA table_info(Per_{c})"):
+            if r[1] != "ImageNumber":
+                select.append(f"{alias[c]}.{r[1]}")
+                names.append(SC_RENAMES.get(r[1], r[1]))
+    sql = (f"SELECT cy.ImageNumber, {', '.join(select)} FROM Per_Cytoplasm cy "
+           "JOIN Per_Cells ce ON ce.ImageNumber = cy.ImageNumber AND ce.Cells_Number_Object_Number = cy.Cytoplasm_Parent_Cells "
+           "JOIN Per_Nuclei nu ON nu.ImageNumber = cy.ImageNumber AND nu.Nuclei_Number_Object_Number = cy.Cytoplasm_Parent_Nuclei "
+           "WHERE cy.ImageNumber IN ({images}) ORDER BY cy.ImageNumber, cy.Cytoplasm_Number_Object_Number")
+    image_names = [r[1] for r in con.execute("PRAGMA table_info(Per_Image)")]
+    images = pd.DataFrame(con.execute("SELECT * FROM Per_Image ORDER BY ImageNumber").fetchall(), columns=image_names)
+    images = images[[c for c, _ in SC_IMAGE_COLUMNS]].set_axis([n for _, n in SC_IMAGE_COLUMNS], axis=1)
+    counts = dict(con.execute("SELECT ImageNumber, COUNT(*) FROM Per_Cytoplasm GROUP BY ImageNumber"))
+    group, n = [], 0
+    numbers = images["Metadata_ImageNumber"].tolist()
+    for k, number in enumerate(numbers):
+        group.append(number)
+        n += counts.get(number, 0)
+        if n >= batch_cells or k == len(numbers) - 1:
+            rows = con.execute(sql.format(images=", ".join(map(str, group)))).fetchall()
+            x = np.array(rows, dtype=np.float64).reshape(len(rows), len(names) + 1)
+            cells = pd.DataFrame(x[:, 1:], columns=names)
+            meta = images.set_index("Metadata_ImageNumber").loc[x[:, 0].astype(np.int64)].reset_index()
+            yield pd.concat([meta, cells], axis=1)
+            group, n = [], 0
+    con.close()
+
+
+def single_cell_kind(path: Path) -> str | None:
+    """``parquet`` or ``csv`` (plain or ``.csv.gz``) for a single-cell file name, else None."""
+    name = path.name.lower()
+    return "parquet" if name.endswith(".parquet") else "csv" if name.endswith((".csv", ".csv.gz")) else None
+
+
+def export_single_cells(src: Path, out: Path, row_group_rows: int = 1 << 20) -> None:
+    """The plate as pycytominer's merge_single_cells writes it: ``.parquet`` as its ``output_type="parquet"``
+    (pandas' ``to_parquet``: snappy, row groups of ``row_group_rows``, pyarrow's default 1,048,576 rows, so this
+    plate's file is one row group), ``.csv.gz`` as ``output_type="csv"`` with pycytominer's usual gzip
+    ``compression_options`` (pandas' ``to_csv`` through gzip, level 9 as pandas' default) or ``.csv`` as
+    ``output_type="csv"`` with its default (no compression).
+
+    Streamed a batch of cells at a time; a Parquet row group is written whole, so memory holds one row group as
+    Arrow arrays (the whole 200,000-cell plate is one row group in pycytominer's file: ~1.5 GB here; pass a smaller
+    ``row_group_rows`` to bound it)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = out.with_name(out.name + ".part")
+    tmp.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    n = 0
+    if single_cell_kind(out) == "csv":
+        gz = out.name.lower().endswith(".gz")
+        with (gzip.open(tmp, "wt", compresslevel=9, newline="") if gz else open(tmp, "w", newline="")) as fh:
+            for i, frame in enumerate(single_cell_batches(src)):
+                frame.to_csv(fh, header=i == 0, index=False)
+                n += len(frame)
+                print(f"\r{n:,} cells", end="", file=sys.stderr)
+    else:
+        writer, pending, n_pending = None, [], 0
+
+        def flush(rows):
+            table = pa.concat_tables(pending)
+            writer.write_table(table.slice(0, rows), row_group_size=row_group_rows)
+            return [table.slice(rows)] if rows < table.num_rows else []
+
+        for frame in single_cell_batches(src):
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
+            pending.append(table)
+            n_pending += len(frame)
+            n += len(frame)
+            if n_pending >= row_group_rows:  # row groups of row_group_rows, as one write_table call makes them
+                pending = flush(row_group_rows)
+                n_pending -= row_group_rows
+            print(f"\r{n:,} cells", end="", file=sys.stderr)
+        if n_pending:
+            flush(n_pending)
+        writer.close()
+    os.replace(tmp, out)
+    print(f"\n{out}: {n:,} cells, {out.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
+
+
+def parquet_to_csv(src: Path, out: Path, level: int = 6) -> None:
+    """A single-cell Parquet (``export_single_cells``') as CSV (gzipped for ``.gz``, at ``level``) with Arrow's
+    writer: the same table as ``export_single_cells`` writes through pandas, in minutes instead of most of an hour
+    on a 2-core machine (pandas' ``to_csv`` + gzip level 9). Numbers in their shortest round-trip form as pandas
+    writes them; text quoted only where needed."""
+    import gzip
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    tmp = out.with_name(out.name + ".part")
+    t0 = time.perf_counter()
+    file = pq.ParquetFile(src)
+    gz = out.name.lower().endswith(".gz")
+    options = pacsv.WriteOptions(quoting_style="needed")
+    with (gzip.open(tmp, "wb", compresslevel=level) if gz else open(tmp, "wb")) as sink, \
+            pacsv.CSVWriter(sink, file.schema_arrow, write_options=options) as w:
+        for batch in file.iter_batches(batch_size=10_000):
+            w.write_batch(batch)
+    os.replace(tmp, out)
+    print(f"{out}: {file.metadata.num_rows:,} cells, {out.stat().st_size / 1e9:.2f} GB in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def verify_layout(workdir: Path) -> str:
+    """The exporters against the tools they imitate, on a small plate of the same generator: ``export_single_cells``
+    against pycytominer's ``merge_single_cells`` (Parquet: same schema and values; CSV.gz: the same text)."""
+    import gzip
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "layout.sqlite"
+    generate(src, 3000, 12, sites=2)
+    problems = []
+    for suffix, output_type in ((".parquet", "parquet"), (".csv.gz", "csv")):
+        ours, theirs = workdir / f"ours{suffix}", workdir / f"pycytominer{suffix}"
+        export_single_cells(src, ours, row_group_rows=1000)  # several row groups: batches joined as pycytominer's
+        # merge_single_cells writes plain CSV unless given compression_options (pycytominer's output() default)
+        pycytominer_single_cells(src).merge_single_cells(sc_output_file=str(theirs), output_type=output_type,
+                                                         compression_options={"method": "gzip", "mtime": 1})
+        if output_type == "csv":  # the same text, both gzip (the gzip headers differ: file name, time)
+            if theirs.read_bytes()[:2] != b"\x1f\x8b":
+                problems.append("pycytominer's .csv.gz is not gzip")
+            elif gzip.decompress(ours.read_bytes()) != gzip.decompress(theirs.read_bytes()):
+                problems.append("CSV text differs")
+            continue
+        a, b = pq.read_table(ours), pq.read_table(theirs)
+        if a.schema.remove_metadata() != b.schema.remove_metadata():
+            problems.append(f"Parquet schemas differ: {a.schema} vs {b.schema}")
+        elif not a.replace_schema_metadata().equals(b.replace_schema_metadata()):
+            problems.append("Parquet values differ")
+        pd.testing.assert_frame_equal(a.to_pandas(), b.to_pandas())
+    return "OK: the exported Parquet and CSV.gz are pycytominer's" if not problems else "; ".join(problems)
+
+
 # ---------------------------------------------------------------- the tools (one process each)
 
 
@@ -218,7 +449,8 @@ def run_floor(src: Path, out: Path, batch: int = 10_000) -> None:
     writer.close()
 
 
-def run_pycytominer(src: Path, out: Path) -> None:
+def pycytominer_single_cells(src: Path):
+    """pycytominer's ``SingleCells`` on a CellProfiler ExportToDatabase file (see the module docstring)."""
     from pycytominer.cyto_utils.cells import SingleCells
     from sqlalchemy import text
 
@@ -238,48 +470,108 @@ def run_pycytominer(src: Path, out: Path) -> None:
     )
     for c in COMPARTMENTS:
         sc.conn.execute(text(f"CREATE TEMP VIEW {c.lower()} AS SELECT * FROM Per_{c}"))
-    sc.merge_single_cells(sc_output_file=str(out), output_type="parquet")
+    return sc
+
+
+def run_pycytominer(src: Path, out: Path) -> None:
+    """pycytominer's route for each kind of plate (see the module docstring)."""
+    kind = source_kind(src)
+    if kind == "sqlite":
+        pycytominer_single_cells(src).merge_single_cells(sc_output_file=str(out), output_type="parquet")
+    elif kind == "cp_csv":
+        run_pycytominer_csv_folders(src, out)
+    else:  # what pycytominer's aggregate/normalize/annotate read single cells with, and its writer
+        from pycytominer.cyto_utils import load_profiles, output
+
+        output(load_profiles(src), output_filename=str(out), output_type="parquet")
+
+
+def run_pycytominer_csv_folders(src: Path, out: Path, load=None) -> None:
+    """pycytominer has no reader for CellProfiler CSV folders (its ``SingleCells`` reads SQLite; the CSV route
+    was cytominer-database, now CytoTable). The pandas route a pycytominer user writes: each site's files through
+    ``load_profiles``, object columns prefixed by their compartment, merged as ``SingleCells`` merges (the
+    Cytoplasm's parent columns to the Cells' and Nuclei's object numbers, then the image's metadata), all sites
+    concatenated and written with pycytominer's ``output``. ``load``: the reader instead of ``load_profiles``
+    (which sniffs each file's dialect with clevercsv before ``pd.read_csv``): the ``floor`` passes ``pd.read_csv``."""
+    import pandas as pd
+    from pycytominer.cyto_utils import load_profiles, output
+
+    load_profiles = load or load_profiles
+
+    def objects(folder: Path, c: str) -> pd.DataFrame:
+        frame = load_profiles(folder / f"{c}.csv")
+        return frame.rename(columns={n: n if n == "ImageNumber" else f"{c}_{n}" for n in frame.columns})
+
+    sites = []
+    for folder in sorted(p for p in src.iterdir() if (p / "Image.csv").is_file()):
+        image = load_profiles(folder / "Image.csv")
+        image = image[["ImageNumber", *(n for n in image.columns if n.startswith("Metadata_"))]]
+        cells = objects(folder, "Cytoplasm").merge(
+            objects(folder, "Cells"), left_on=["ImageNumber", "Cytoplasm_Parent_Cells"],
+            right_on=["ImageNumber", "Cells_Number_Object_Number"], how="inner",
+        ).merge(
+            objects(folder, "Nuclei"), left_on=["ImageNumber", "Cytoplasm_Parent_Nuclei"],
+            right_on=["ImageNumber", "Nuclei_Number_Object_Number"], how="inner",
+        )
+        sites.append(image.merge(cells, on="ImageNumber", how="inner"))
+    output(pd.concat(sites, ignore_index=True), output_filename=str(out), output_type="parquet")
 
 
 def run_cytotable(src: Path, out: Path) -> None:
     import cytotable
 
     shutil.rmtree(out, ignore_errors=True)
-    cytotable.convert(source_path=str(src), dest_path=str(out), dest_datatype="parquet",
-                      preset="cellprofiler_sqlite")
+    preset = "cellprofiler_csv" if source_kind(src) == "cp_csv" else "cellprofiler_sqlite"
+    cytotable.convert(source_path=str(src), dest_path=str(out), dest_datatype="parquet", preset=preset)
 
 
-# The ingest step's settings as the workflow passes them (the schema's defaults; the benchmark plate has no
-# platemap, so no perturbation column: the plate column stands in, and there are no controls to check).
+# The ingest step's settings as the workflow passes them (the schema's defaults, format auto; the benchmark plate
+# has no platemap, so no perturbation column: the plate column stands in, and there are no controls to check).
 INGEST_SETTINGS = {
     "annotation": {"plate_col": "Metadata_Plate", "well_col": "Metadata_Well", "perturbation_col": "Metadata_Plate",
                    "negcon_col": "Metadata_Plate", "negcon_value": None},
-    "format": "sqlite", "platemap": None, "compartments": list(COMPARTMENTS), "hub": None, "links": {},
-    "features": None, "blocklist": [], "max_cells_without_image": 0.01, "require_negcon": False,
+    "format": "auto", "platemap": None, "compartments": list(COMPARTMENTS), "hub": None, "links": {},
+    "features_file": None, "blocklist": [], "max_cells_without_image": 0.01, "require_negcon": False,
 }
 
 
+def source_kind(src: Path) -> str:
+    """``sqlite``, ``cp_csv`` (a folder of per-site CellProfiler CSV folders), or single cells: ``parquet``/``csv``."""
+    return "cp_csv" if src.is_dir() else single_cell_kind(src) or "sqlite"
+
+
+# which tools read which kind of plate (CytoTable reads CellProfiler's outputs, not merged single cells)
+TOOLS_BY_KIND = {"sqlite": TOOLS, "cp_csv": ("floor", "cytoagg", "pycytominer", "cytotable"),
+                 "parquet": ("cytoagg", "pycytominer"), "csv": ("cytoagg", "pycytominer")}
+
+
 def run_tool(tool: str, src: Path, out: Path) -> None:
-    if tool == "floor":
+    if tool not in TOOLS_BY_KIND[source_kind(src)]:
+        raise SystemExit(f"{tool} does not read a {source_kind(src)} plate")
+    if tool == "floor" and source_kind(src) == "cp_csv":  # the same pandas route, without the dialect sniffing
+        import pandas as pd
+
+        run_pycytominer_csv_folders(src, out, load=pd.read_csv)
+    elif tool == "floor":
         run_floor(src, out)
     elif tool == "cytoagg":  # exec: the measured process is the CLI itself
         os.execv(sys.executable, [sys.executable, "-m", "cytoagg", "ingest", "--source", str(src), "--out", str(out),
                                   "--plate", "BENCH1", "--params", json.dumps(INGEST_SETTINGS)])
     elif tool == "pycytominer":
         run_pycytominer(src, out)
-    elif tool == "cytotable":
-        run_cytotable(src, out)
     else:
-        raise SystemExit(f"unknown tool {tool!r}; choose from {TOOLS}")
+        run_cytotable(src, out)
 
 
 # ---------------------------------------------------------------- measuring
 
 
-def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> dict:
+def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05, limit: float | None = None,
+            cwd: Path | None = None) -> dict:
     """Wall time and peak RSS of a command: the largest sum, polled every ``interval``, over its process tree and
     every process that inherited a marker in its environment (CytoTable's Parsl workers leave the tree);
-    also the kernel's peak for the largest single process (``ru_maxrss`` of the reaped child)."""
+    also the kernel's peak for the largest single process (``ru_maxrss`` of the reaped child). A run past
+    ``limit`` seconds is killed (with every process it measured) and reported as not finished."""
     import uuid
 
     import psutil
@@ -288,7 +580,7 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> 
     env = dict(env or os.environ, CYTOAGG_BENCH_MARKER=marker)
     t0 = time.perf_counter()
     started = time.time() - 1
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd)
     root = psutil.Process(proc.pid)
     marked: dict[int, bool] = {}
     peak = 0
@@ -318,6 +610,14 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> 
             except psutil.Error:
                 pass
         peak = max(peak, total)
+        if limit is not None and time.perf_counter() - t0 > limit:
+            for p in procs.values():
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            os.wait4(proc.pid, 0)
+            return {"wall_s": None, "not_finished_after_s": limit, "peak_rss_tree_gb": peak / 1e9}
         time.sleep(interval)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
@@ -375,15 +675,31 @@ def check(src: Path, ours: Path) -> str:
             f"({', '.join(meta)})") if not problems else "PROBLEMS: " + "; ".join(problems[:10])
 
 
-def bench(src: Path, tools: list[str], repeat: int, do_check: bool, cytotable_python: str | None,
-          repeat_slow: int | None = None) -> None:
-    outdir = WORK / "ingest-out"
+def describe(src: Path) -> str:
+    """Size and shape of the plate, for the log."""
+    kind = source_kind(src)
+    if kind == "sqlite":
+        con = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+        n_images = con.execute("SELECT COUNT(*) FROM Per_Image").fetchone()[0]
+        n_cols = {c: len(con.execute(f"PRAGMA table_info(Per_{c})").fetchall()) for c in COMPARTMENTS}
+        con.close()
+        return f"{src.stat().st_size / 1e9:.2f} GB, {n_images} images, columns per table {n_cols}"
+    if kind == "cp_csv":
+        files = [f for f in src.rglob("*") if f.is_file()]
+        folders = len({f.parent for f in files})
+        return f"{sum(f.stat().st_size for f in files) / 1e9:.2f} GB, {folders} site folders, {len(files)} files"
+    return f"{src.stat().st_size / 1e9:.2f} GB"
+
+
+def bench(src: Path, tools: list[str] | None, repeat: int, do_check: bool, cytotable_python: str | None,
+          repeat_slow: int | None = None, reference: Path | None = None, limit: float | None = None) -> None:
+    """Each tool in rounds on ``src``; ``reference``: cytoagg's output from the SQLite plate, for --check on the
+    other layouts; ``limit``: seconds after which a run is killed and reported as not finished."""
+    kind = source_kind(src)
+    tools = tools or list(TOOLS_BY_KIND[kind])
+    outdir = WORK / "ingest-out" / src.name
     outdir.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
-    n_images = con.execute("SELECT COUNT(*) FROM Per_Image").fetchone()[0]
-    n_cols = {c: len(con.execute(f"PRAGMA table_info(Per_{c})").fetchall()) for c in COMPARTMENTS}
-    con.close()
-    print(f"# {src}: {src.stat().st_size / 1e9:.2f} GB, {n_images} images, columns per table {n_cols}", flush=True)
+    print(f"# {src} ({kind}): {describe(src)}", flush=True)
     print(f"# {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.node()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}", flush=True)
     runs = {tool: [] for tool in tools}
@@ -401,25 +717,78 @@ def bench(src: Path, tools: list[str], repeat: int, do_check: bool, cytotable_py
                 python = cytotable_python
                 env = dict(os.environ, PATH=f"{Path(cytotable_python).parent}:{os.environ['PATH']}")
             before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            res = measure([python, __file__, "run", tool, "--src", str(src), "--out", str(out)], env=env)
+            # in the output folder: Parsl (CytoTable) writes its runinfo/ into the working directory
+            res = measure([python, str(Path(__file__).resolve()), "run", tool, "--src", str(src.resolve()), "--out",
+                           str(out.resolve())], env=env, limit=limit, cwd=outdir)
             res["load_before"] = before
             runs[tool].append(res)
-            print(f"{tool} run {r + 1}: {res['wall_s']:.1f} s, peak RSS {res['peak_rss_tree_gb']:.2f} GB "
-                  f"(ru_maxrss {res['ru_maxrss_gb']:.2f} GB), load before {before}", flush=True)
-    results = {tool: {"best_wall_s": min(x["wall_s"] for x in rs), "peak_rss_gb": max(x["peak_rss_tree_gb"] for x in rs),
-                      "runs": rs} for tool, rs in runs.items()}
+            took = (f"{res['wall_s']:.1f} s, ru_maxrss {res['ru_maxrss_gb']:.2f} GB" if res["wall_s"] is not None
+                    else f"NOT FINISHED after {limit:.0f} s (killed)")
+            print(f"{tool} run {r + 1}: {took}, peak RSS {res['peak_rss_tree_gb']:.2f} GB, load before {before}",
+                  flush=True)
+    results = {}
+    for tool, rs in runs.items():
+        walls = [x["wall_s"] for x in rs if x["wall_s"] is not None]
+        results[tool] = {"best_wall_s": min(walls) if walls else None,
+                         "peak_rss_gb": max(x["peak_rss_tree_gb"] for x in rs), "runs": rs}
     print("\n| tool | wall (best of the runs) | peak RSS (max) |")
     print("|---|---:|---:|")
     for tool, r in results.items():
-        print(f"| {tool} | {r['best_wall_s']:.1f} s | {r['peak_rss_gb']:.2f} GB |")
-    if "cytoagg" in results:
-        for other in ("pycytominer", "cytotable", "floor"):
-            if other in results:
-                print(f"cytoagg speedup over {other}: "
-                      f"{results[other]['best_wall_s'] / results['cytoagg']['best_wall_s']:.2f}x")
-    if do_check and "cytoagg" in results:
-        print("check:", check(src, outdir / "cytoagg.parquet"))
-    (WORK / f"ingest_results_{src.stem}.json").write_text(json.dumps(results, indent=1))
+        wall = f"{r['best_wall_s']:.1f} s" if r["best_wall_s"] is not None else f"not finished in {limit:.0f} s"
+        print(f"| {tool} | {wall} | {r['peak_rss_gb']:.2f} GB |")
+    ours = results.get("cytoagg", {}).get("best_wall_s")
+    for other in ("pycytominer", "cytotable", "floor"):
+        if ours and other in results:
+            theirs = results[other]["best_wall_s"]
+            print(f"cytoagg speedup over {other}: " + (f"{theirs / ours:.2f}x" if theirs else
+                                                       f"> {limit / ours:.1f}x (not finished)"))
+    if do_check and ours:
+        if kind == "sqlite":
+            print("check:", check(src, outdir / "cytoagg.parquet"))
+        elif reference is not None:
+            print("check against the SQLite plate's output:", check_same_cells(reference, outdir / "cytoagg.parquet"))
+        else:
+            print("check: --reference (cytoagg's output from the SQLite plate) is needed for this layout")
+    (WORK / f"ingest_results_{src.name}.json").write_text(json.dumps(results, indent=1))
+
+
+def check_same_cells(reference: Path, ours: Path, batch_rows: int = 20_000) -> str:
+    """cytoagg's output from another layout of the plate against its output from the SQLite plate (checked
+    against the plain join by ``check``): the same features in the same order, the same cells in the same order
+    (wells row by row), the same values as float32; metadata columns listed, not compared."""
+    import pyarrow.parquet as pq
+
+    a, b = pq.ParquetFile(reference), pq.ParquetFile(ours)
+    feats = [n for n in a.schema_arrow.names if not n.startswith("Metadata_")]
+    ours_feats = [n for n in b.schema_arrow.names if not n.startswith("Metadata_")]
+    meta = [n for n in b.schema_arrow.names if n.startswith("Metadata_")]
+    problems, notes = [], []
+    if set(feats) != set(ours_feats):
+        problems.append(f"features differ: {len(ours_feats)} vs {len(feats)}; only ours "
+                        f"{sorted(set(ours_feats) - set(feats))[:5]}, only the reference's {sorted(set(feats) - set(ours_feats))[:5]}")
+        feats = [f for f in feats if f in set(ours_feats)]
+    elif feats != ours_feats:  # the source's column order is kept (pycytominer's merge: Cytoplasm first)
+        notes.append("features in the source's order")
+    if a.metadata.num_rows != b.metadata.num_rows:
+        problems.append(f"{b.metadata.num_rows} cells, the reference has {a.metadata.num_rows}")
+    else:
+        columns = ["Metadata_Well", *feats]
+        n_diff, worst = 0, 0.0
+        for x, y in zip(a.iter_batches(batch_rows, columns=columns), b.iter_batches(batch_rows, columns=columns)):
+            if x.column(0).to_pylist() != y.column(0).to_pylist():
+                problems.append("wells differ row by row")
+                break
+            u = np.column_stack([c.to_numpy(zero_copy_only=False) for c in x.columns[1:]])
+            v = np.column_stack([c.to_numpy(zero_copy_only=False) for c in y.columns[1:]])
+            same = (u == v) | (np.isnan(u) & np.isnan(v))
+            n_diff += int((~same).sum())
+            if (~same).any():
+                worst = max(worst, float(np.nanmax(np.abs(u - v))))
+        if n_diff:
+            problems.append(f"{n_diff} values differ (max |diff| {worst:g})")
+    return (f"OK: {b.metadata.num_rows:,} cells in the same order, {len(feats)} float32 features equal to the "
+            f"reference's ({'; '.join(notes) or 'same order'}); metadata {', '.join(meta)}") if not problems \
+        else "PROBLEMS: " + "; ".join(problems)
 
 
 def main() -> None:
@@ -431,13 +800,23 @@ def main() -> None:
     g.add_argument("--sites", type=int, default=9)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, required=True)
+    e = sub.add_parser("export", help="the SQLite plate as CellProfiler CSV folders or pycytominer single cells")
+    e.add_argument("--src", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True,
+                   help="a folder (CSV folders), or a .parquet, .csv or .csv.gz file (single cells)")
+    e.add_argument("--row-group-rows", type=int, default=1 << 20)
+    v = sub.add_parser("verify-layout", help="the single-cell exports against pycytominer's own, on a small plate")
+    v.add_argument("--workdir", type=Path, default=WORK / "layout")
     b = sub.add_parser("bench")
     b.add_argument("--src", type=Path, required=True)
-    b.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    b.add_argument("--tools", nargs="+", default=None, choices=TOOLS, help="default: those that read this layout")
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--repeat-slow", type=int, default=None, help="runs of the slow reference tools (default: --repeat)")
     b.add_argument("--check", action="store_true")
     b.add_argument("--cytotable-python", default=None)
+    b.add_argument("--reference", type=Path, default=None,
+                   help="cytoagg's output from the SQLite plate: --check compares the other layouts' output with it")
+    b.add_argument("--time-limit", type=float, default=None, help="seconds; a run past it is killed, not finished")
     r = sub.add_parser("run")
     r.add_argument("tool", choices=TOOLS)
     r.add_argument("--src", type=Path, required=True)
@@ -445,8 +824,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "generate":
         generate(args.out, args.cells, args.features_per_compartment, args.sites, args.seed)
+    elif args.cmd == "export":
+        if single_cell_kind(args.out) == "csv" and source_kind(args.src) == "parquet":
+            parquet_to_csv(args.src, args.out)
+        elif single_cell_kind(args.out):
+            export_single_cells(args.src, args.out, args.row_group_rows)
+        else:
+            export_cp_csv(args.src, args.out)
+    elif args.cmd == "verify-layout":
+        print(verify_layout(args.workdir))
     elif args.cmd == "bench":
-        bench(args.src, args.tools, args.repeat, args.check, args.cytotable_python, args.repeat_slow)
+        bench(args.src, args.tools, args.repeat, args.check, args.cytotable_python, args.repeat_slow,
+              args.reference, args.time_limit)
     else:
         run_tool(args.tool, args.src, args.out)
 

@@ -277,6 +277,41 @@ def test_single_cell_csv_matches_parquet(fibrosis, tmp_path):
     assert not list(tmp_path.glob(".ingest-*"))
 
 
+def test_long_row_group_read_in_column_blocks(tmp_path, monkeypatch):
+    """pycytominer writes a plate as one row group: it is read a block of columns at a time (here 3 columns), rows
+    taken in well order, features cast to float32 (integers and NaN too), handed on in slices; the same as reading
+    it whole."""
+    from cytoagg.ingest import single_cell
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    wells = rng.choice(["B02", "A01", "A10", "C03"], n)
+    ref = pd.DataFrame({"Image_Metadata_Well": wells, "Image_Metadata_Plate": "P1",
+                        "Metadata_ImageNumber": rng.integers(1, 9, n), "Cells_AreaShape_Area": rng.integers(50, 900, n)})
+    for j in range(8):
+        ref[f"Cells_Intensity_Mean_{j}"] = rng.standard_normal(n) * 10 ** j
+    ref.loc[rng.choice(n, 50), "Cells_Intensity_Mean_3"] = np.nan
+    src = tmp_path / "sc.parquet"
+    ref.to_parquet(src, index=False)  # one row group
+    assert pq.ParquetFile(src).metadata.num_row_groups == 1
+    monkeypatch.setattr(single_cell, "BLOCK_BYTES", 3 * 8 * n)
+    monkeypatch.setattr(single_cell, "SLICE_BYTES", 1)  # chunks handed on in slices of 1,000 rows
+    reads = []
+    read_row_group = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, g, columns=None, **kw: reads.append(len(columns)) or read_row_group(self, g, columns, **kw))
+    out = tmp_path / "out.parquet"
+    ingest(src, out, plate="P1", chunk_rows=2500)
+    assert reads == [3] * 8  # 2 chunks, each 4 blocks of the 12 columns (3 metadata, 9 features)
+    got = pd.read_parquet(out)
+    ref = ref.sort_values("Image_Metadata_Well", kind="stable")
+    feats = [c for c in ref if c.startswith("Cells_")]
+    assert got["Metadata_Well"].tolist() == ref["Image_Metadata_Well"].tolist()
+    assert got["Metadata_ImageNumber"].tolist() == ref["Metadata_ImageNumber"].astype(str).tolist()
+    assert (got[feats].dtypes == np.float32).all()
+    np.testing.assert_array_equal(got[feats].to_numpy(), ref[feats].to_numpy(np.float32))
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -535,7 +570,7 @@ def test_cytominer_database_csv_folder_lower_case_and_several_wells(jump_folder,
     offset = 0
     for i, site in enumerate(sorted(p for p in jump_folder.iterdir() if p.is_dir())):
         for name in ("Image", *COMPARTMENTS):
-            df = pd.read_csv(site / f"{name}.csv")
+            df = pd.read_csv(site / f"{name}.csv", float_precision="round_trip")  # the same values written back
             df["ImageNumber"] += offset
             target = folder / f"{name.lower()}.csv"
             df.to_csv(target, mode="a" if i else "w", header=not i, index=False)

@@ -8,11 +8,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from ..io.columns import is_metadata, metadata_columns
 from ..io.files import InputError
-from ..io.parquet import CHECKSUMS, profile_schema, to_arrow
+from ..io.parquet import cell_writer, profile_schema, to_arrow
 from .compartments import attach_images, compartment_features, link_compartments, merge_objects
 from .formats import check_csv_complete
 from .single_cell import SingleCellParquet
@@ -65,15 +66,24 @@ class CellProfilerCsvSource(Source):
         header = read_csv(path, nrows=0).columns
         return [self._prefix(c, compartment) for c in header if not is_metadata(c)]
 
-    def _read_objects(self, site: Path, compartment: str, columns: list[str]) -> pd.DataFrame:
-        wanted = set(columns)
+    def _read_objects(self, site: Path, compartment: str, columns: list[str], features: list[str]) -> pd.DataFrame:
+        """``columns`` of one site's compartment file, ``features`` among them as float32, read with Arrow's CSV
+        reader (pandas' parser took most of the time on big plates, benchmarks/ingest.md)."""
         path = csv_file(site, compartment)
-        frame = read_csv(path, usecols=lambda c: self._prefix(c, compartment) in wanted and not is_metadata(c))
-        frame.columns = [self._prefix(c, compartment) for c in frame.columns]
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise InputError(f"{path}: missing column(s) {missing[:10]}")
-        return frame
+        names = {c: c if c == IMAGE_NUMBER else c.removeprefix(f"{compartment}_") for c in columns}
+        try:
+            table = read_arrow_csv(path, list(names.values()), {names[c]: pa.float64() for c in features})
+        except InputError:
+            present = {self._prefix(c, compartment) for c in read_header(path) if not is_metadata(c)}
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
+            raise
+        # parsed as float64, then rounded: the values the SQLite and Parquet routes give (Arrow's direct float32
+        # parse differs from that in the last bit of ~0.2% of values)
+        wanted = set(features)
+        arrays = [col.cast(pa.float32()) if name in wanted else col for name, col in zip(columns, table.columns)]
+        return pa.Table.from_arrays(arrays, names=columns).to_pandas()
 
     def _images(self, metadata: list[str]) -> pd.DataFrame:
         frames = []
@@ -89,7 +99,8 @@ class CellProfilerCsvSource(Source):
 
     def _read_site(self, i: int, images: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         frames = {
-            c: self._read_objects(self.sites[i], c, self.links.columns(c) + compartment_features(features, c))
+            c: self._read_objects(self.sites[i], c, self.links.columns(c) + compartment_features(features, c),
+                                  compartment_features(features, c))
             for c in self.compartments
         }
         site_images = images[images["_site"] == i].drop(columns="_site")
@@ -124,7 +135,7 @@ class CellProfilerCsvSource(Source):
         schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix=".ingest-") as tmp:
             target = Path(tmp) / "cells.parquet"
-            with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
+            with cell_writer(target, schema) as writer:  # features plain, as every per-cell file
                 for frame in self._sites_in_order(images, metadata, features, chunk_rows):
                     writer.write_table(to_arrow(frame, schema))
             source = SingleCellParquet(target, self.well_col, label=self.path)
@@ -141,6 +152,23 @@ def csv_file(folder: Path, name: str) -> Path | None:
         if path.is_file() and path.name.lower() in wanted:
             return path
     return None
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names of a CSV (plain or gzipped); an empty file is an InputError naming it."""
+    return list(read_csv(path, nrows=0).columns)
+
+
+def read_arrow_csv(path: Path, columns: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+    """``columns`` of a CSV (plain or gzipped) with Arrow's reader, ``types`` forced (others inferred); a bad file
+    (cut off, a row of the wrong length, text in a number column) is an InputError naming the file."""
+    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types)
+    try:
+        with pa.OSFile(str(path)) as raw:
+            stream = pa.CompressedInputStream(raw, "gzip") if path.name.lower().endswith(".gz") else raw
+            return pacsv.read_csv(stream, convert_options=convert)
+    except (pa.ArrowException, OSError, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def read_csv(path: Path, **kwargs) -> pd.DataFrame:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from ..io.files import InputError
 from ..io.parquet import PARQUET_MAGIC
@@ -66,3 +71,18 @@ def check_csv_complete(path: Path) -> None:
     fields = lambda line: len(next(csv.reader([line.decode("utf-8", "replace")]), []))  # noqa: E731
     if fields(last) < fields(header.rstrip(b"\r\n")):
         raise InputError(f"{path}: truncated CSV (the last row has {fields(last)} of {fields(header.rstrip())} fields)")
+
+
+def arrow_csv_batches(path: Path, columns: list[str], types: dict[str, pa.DataType],
+                      block_bytes: int = 16 << 20) -> Iterator[pa.RecordBatch]:
+    """``columns`` of a CSV (plain or gzipped), streamed with Arrow's reader in blocks of ``block_bytes``,
+    ``types`` forced (others inferred); pandas' missing-value spellings ("", "NA", "nan", ...) read as missing.
+    A bad file (cut off, a row of the wrong length, text in a number column) is an InputError naming it."""
+    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, strings_can_be_null=True)
+    try:
+        with pa.OSFile(str(path)) as raw:
+            stream = pa.CompressedInputStream(raw, "gzip") if path.name.lower().endswith(".gz") else raw
+            yield from pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_bytes),
+                                      convert_options=convert)
+    except (pa.ArrowException, OSError, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from None

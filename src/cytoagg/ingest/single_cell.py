@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io.parquet import CHECKSUMS, check_parquet_file, profile_schema, to_arrow
-from .formats import check_csv_complete
-from .source import Source, image_metadata_names, normalize_wells, to_float32
+from ..io.parquet import cell_writer, check_parquet_file, profile_schema
+from .formats import arrow_csv_batches, check_csv_complete
+from .source import Source, image_metadata_names, normalize_wells
+
+
+BLOCK_BYTES = 64 << 20  # bytes of one row group's columns (as 8-byte values) read at once
+SLICE_BYTES = 32 << 20  # float32 bytes of the rows handed on as one pandas frame
 
 
 class SingleCellParquet(Source):
@@ -43,24 +48,41 @@ class SingleCellParquet(Source):
         wells = normalize_wells(wells.astype(object), self.path, self.well_col)
         return np.argsort(wells.to_numpy(dtype=str), kind="stable")
 
-    def _take(self, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    def _take(self, rows: np.ndarray, columns: list[str], features: set[str]) -> pa.Table:
+        """``rows`` (file positions) of ``columns``, in that order. Row groups are read a block of columns at a time
+        (about ``BLOCK_BYTES`` of one row group), and numeric ``features`` cast to float32 at once, so memory holds
+        one block and the float32 rows taken, however long the row groups (pycytominer writes a plate of up to
+        1,048,576 cells as one row group). Each call reads its rows' row groups whole: a file out of well order
+        is decoded once per chunk (benchmarks/ingest.md)."""
         meta = self.file.metadata
-        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
         groups = np.searchsorted(starts, rows, side="right") - 1
-        parts, positions = [], []
-        for g in np.unique(groups):
-            where = np.flatnonzero(groups == g)
-            parts.append(self.file.read_row_group(g, columns=columns).take(rows[where] - starts[g]))
-            positions.append(where)
-        table = pa.concat_tables(parts)
-        return table.take(np.argsort(np.concatenate(positions)))
+        touched = np.unique(groups)
+        where = {g: np.flatnonzero(groups == g) for g in touched}
+        back = np.argsort(np.concatenate([where[g] for g in touched]), kind="stable")
+        width = max(1, BLOCK_BYTES // (8 * max(sizes[g] for g in touched)))
+        arrays = []
+        for i in range(0, len(columns), width):
+            block = columns[i : i + width]
+            parts = [self.file.read_row_group(g, columns=block).take(rows[where[g]] - starts[g]) for g in touched]
+            table = pa.concat_tables(parts).take(back)
+            for name, column in zip(block, table.columns):
+                numeric = pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
+                arrays.append(pc.cast(column, pa.float32(), safe=False) if name in features and numeric else column)
+            del parts, table
+        return pa.Table.from_arrays(arrays, names=columns)
 
     def batches(self, metadata, features, chunk_rows):
         order = self._order()
+        physical = [self._physical.get(c, c) for c in [*metadata, *features]]
+        slice_rows = max(1000, SLICE_BYTES // (4 * max(len(features), 1)))
         for start in range(0, len(order), chunk_rows):
-            frame = self._take(order[start : start + chunk_rows], [self._physical.get(c, c) for c in [*metadata, *features]])
-            frame = frame.to_pandas(ignore_metadata=True).rename(columns=self.renames)
-            yield frame.assign(**{self.well_col: normalize_wells(frame[self.well_col], self.path, self.well_col)})
+            table = self._take(order[start : start + chunk_rows], physical, set(features))
+            for first in range(0, table.num_rows, slice_rows):  # to pandas in slices: its copies stay small
+                frame = table.slice(first, slice_rows).to_pandas(ignore_metadata=True, split_blocks=True)
+                frame = frame.rename(columns=self.renames, copy=False)
+                yield frame.assign(**{self.well_col: normalize_wells(frame[self.well_col], self.path, self.well_col)})
 
 
 class SingleCellCsv(Source):
@@ -77,16 +99,24 @@ class SingleCellCsv(Source):
         self._physical = {out: c for c, out in self.renames.items()}
 
     def _to_parquet(self, target: Path, metadata: list[str], features: list[str], chunk_rows: int) -> None:
+        """The CSV as Parquet in row groups of ``chunk_rows``, read with Arrow's CSV reader (pandas' parser took
+        most of the time on big plates, benchmarks/ingest.md): metadata as text, features parsed as float64 and
+        rounded to float32 (the values the other routes give)."""
         schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
         physical = [self._physical.get(c, c) for c in metadata]
-        reader = pd.read_csv(
-            self.path, usecols=[*physical, *features], dtype=dict.fromkeys(physical, str), chunksize=chunk_rows
-        )
-        with pq.ParquetWriter(target, schema, **CHECKSUMS) as writer:
-            for chunk in reader:
-                chunk = chunk.rename(columns=self.renames)
-                frame = pd.concat([chunk[metadata], to_float32(chunk, features, self.path)], axis=1)
-                writer.write_table(to_arrow(frame, schema))
+        types = {**dict.fromkeys(features, pa.float64()), **dict.fromkeys(physical, pa.string())}
+        pending, n_pending = [], 0
+        with cell_writer(target, schema) as writer:  # features plain, as every per-cell file
+            for batch in arrow_csv_batches(self.path, [*physical, *features], types):
+                table = pa.Table.from_batches([batch]).select([*physical, *features])
+                pending.append(table.rename_columns(schema.names).cast(schema, safe=False))
+                n_pending += batch.num_rows
+                while n_pending >= chunk_rows:
+                    buffered = pa.concat_tables(pending)
+                    writer.write_table(buffered.slice(0, chunk_rows))
+                    pending, n_pending = [buffered.slice(chunk_rows)], n_pending - chunk_rows
+            if n_pending:
+                writer.write_table(pa.concat_tables(pending))
 
     def batches(self, metadata, features, chunk_rows):
         self.workdir.mkdir(parents=True, exist_ok=True)
