@@ -21,10 +21,9 @@ import torch
 
 from cytoagg.io.cells import PlateCells
 from cytoagg.model.inference import pooled_and_head
-from cytoagg.model.network import DeepSets, ModelSpec, pick_device
+from cytoagg.model.network import CHUNK_CELLS as CHUNK, DeepSets, ModelSpec, pick_device
 from train import DTYPES, machine, rate, sync
 
-CHUNK = 16_384  # DeepSets.pool_wells' default chunk
 
 
 def plate(n_wells: int, cells_per_well: int, n_features: int) -> PlateCells:

@@ -91,7 +91,8 @@ class CellStream:
 
     def __init__(self, path, features: list[str], annotation: Annotation):
         self.path, self.features = path, list(features)
-        names = set(open_parquet(path).schema_arrow.names)
+        columns = open_parquet(path).schema_arrow.names
+        names = set(columns)
         for col in (annotation.well_col, annotation.perturbation_col):
             if col not in names:
                 raise InputError(f"{path}: metadata column {col!r} not found (have {sorted(names)[:10]}...)")
@@ -100,7 +101,7 @@ class CellStream:
             raise InputError(
                 f"{path}: {len(missing)} feature(s) required by the model/feature list are missing, e.g. {missing[:5]}"
             )
-        self.meta = read_arrow(path, [c for c in open_parquet(path).schema_arrow.names if is_metadata(c)]).to_pandas()
+        self.meta = read_arrow(path, [c for c in columns if is_metadata(c)]).to_pandas()
         self.well_index, self.well_names = pd.factorize(self.meta[annotation.well_col].astype(str).to_numpy(), sort=True)
 
     def chunks(self, chunk_cells: int):

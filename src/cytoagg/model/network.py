@@ -54,6 +54,7 @@ class ModelSpec:
                    cell_activation="leaky_relu", plate_norm="none", part_weight=1.0, part_tau=0.0)
 
 
+CHUNK_CELLS = 16_384  # cells per chunk when a plate's cells stream through the per-cell network (pool_wells, embed, saliency)
 PART_FLOOR = 0.05  # head parts: the shrinkage factor never goes below this (no all-zero profiles, no ties)
 
 
@@ -191,7 +192,7 @@ class DeepSets(nn.Module):
         return self.project(self.pool_sets(cells), stats)
 
     @torch.no_grad()
-    def pool_wells(self, x, well_index, n_wells: int, chunk_cells: int = 16_384) -> torch.Tensor:
+    def pool_wells(self, x, well_index, n_wells: int, chunk_cells: int = CHUNK_CELLS) -> torch.Tensor:
         """Pool ALL cells of every well (no sampling), streaming cells in chunks.
 
         ``x``: (n_cells, n_features), a tensor or a numpy array (a memory-mapped cell store too: only

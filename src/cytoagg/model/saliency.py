@@ -30,9 +30,7 @@ import torch
 
 from .precision import autocast
 from .loss import supcon_anchor_losses
-from .network import DeepSets
-
-CHUNK_CELLS = 16_384  # as DeepSets.pool_wells
+from .network import CHUNK_CELLS, DeepSets
 
 # A plate's cells, read again for each pass: an iterator of (first row, float32 features of the rows that follow)
 ChunkSource = Callable[[], Iterable[tuple[int, np.ndarray]]]

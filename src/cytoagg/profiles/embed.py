@@ -15,9 +15,8 @@ from ..io.files import InputError
 from ..io.parquet import PRECISION_KEY, write_profiles
 from ..model.checkpoint import load_model, untrained_network
 from ..model.inference import embed_cells, head_from_pooled, negcon_wells
-from ..model.network import WellPool
+from ..model.network import CHUNK_CELLS, WellPool
 from ..model.precision import autocast
-from ..model.saliency import CHUNK_CELLS
 from ..settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -130,21 +129,19 @@ def _pool_stream(stream: CellStream, networks: dict, well_sums: bool, device, pr
             for pool in pools.values():
                 pool.add(cells, rows)
             if sums is not None:
-                sums += _sum_by_well(x, rows, n_wells)
+                _add_by_well(sums, x, rows)
     return {name: pool.result() for name, pool in pools.items()}, sums, finite
 
 
-def _sum_by_well(x: np.ndarray, rows: np.ndarray, n_wells: int) -> np.ndarray:
-    """(n_wells, n_features) float64 sums of a chunk's cells per well (a chunk holds a few wells: ingest writes
-    wells contiguously, but any order is summed right)."""
-    out = np.zeros((n_wells, x.shape[1]))
+def _add_by_well(sums: np.ndarray, x: np.ndarray, rows: np.ndarray) -> None:
+    """Add a chunk's cells to their wells' float64 sums (a chunk holds a few wells: ingest writes wells
+    contiguously, but any order is summed right)."""
     if len(rows) == 0:
-        return out
+        return
     order = np.argsort(rows, kind="stable")
     x, rows = x[order], rows[order]
     starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
-    out[rows[starts]] = np.add.reduceat(x, starts, axis=0, dtype=np.float64)
-    return out
+    sums[rows[starts]] += np.add.reduceat(x, starts, axis=0, dtype=np.float64)  # each well once: no lost updates
 
 
 def _check_normalization(checkpoint, trained: dict, current: dict) -> None:
