@@ -3,6 +3,7 @@
 
 
 rule config_used:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     output:
         CONFIG_USED,
     params:

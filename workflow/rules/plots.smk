@@ -3,6 +3,7 @@
 
 
 rule plot_map:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         f"{R}/tables/map_per_plate.csv",
     output:
@@ -21,6 +22,7 @@ rule plot_map:
 
 
 rule plot_pr_curves:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         **{m: f"{R}/profiles/{m}/{DIAGNOSTIC_PLATES[0]}.parquet" for m in METHODS},
     output:
@@ -48,6 +50,7 @@ rule plot_pr_curves:
 
 
 rule plot_training:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         f"{R}/model/training_log.csv",
     output:
@@ -66,6 +69,7 @@ rule plot_training:
 
 
 rule plot_cells_per_well:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         expand(f"{R}/profiles/mean/{{plate}}.parquet", plate=PLATES),
     output:
@@ -86,6 +90,7 @@ rule plot_cells_per_well:
 
 
 rule plot_effective_rank:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         summary=f"{R}/tables/effective_rank.csv",
         spectra=f"{R}/tables/effective_rank_spectra.csv",
@@ -106,6 +111,7 @@ rule plot_effective_rank:
 
 
 rule plot_sampling_sweep:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         table=f"{R}/tables/sampling_sweep.csv",
         profiles=expand(f"{R}/profiles/mean/{{plate}}.parquet", plate=PLATES),
@@ -129,6 +135,7 @@ rule plot_sampling_sweep:
 
 # The report's front page (the Snakefile's report: directive): the verdict and the mAP-per-plate figure.
 rule front_page:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         verdict=f"{R}/tables/verdict.csv",
         table=f"{R}/tables/map_per_plate.csv",
@@ -156,6 +163,7 @@ rule front_page:
 
 
 rule plot_saliency_correlation:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         f"{R}/tables/saliency_feature_correlation.csv",
     output:

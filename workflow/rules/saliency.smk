@@ -35,6 +35,7 @@ rule saliency:
 
 
 rule summarize_saliency:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         expand(f"{R}/saliency/correlation/{{plate}}.parquet", plate=PLATES),
     output:

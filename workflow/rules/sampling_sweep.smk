@@ -36,6 +36,7 @@ rule sampling_sweep:
 
 
 rule summarize_sampling_sweep:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     input:
         expand(f"{R}/sampling_sweep/{{plate}}.parquet", plate=PLATES),
     output:

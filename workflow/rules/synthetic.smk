@@ -22,6 +22,7 @@ rule synthetic_plate:
 
 
 rule synthetic_platemap:
+    localrule: True  # light: on a cluster it runs in the submitting snakemake, not as a job
     output:
         f"{R}/synthetic/platemap/synthetic_platemap.txt",
     params:
