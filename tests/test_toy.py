@@ -30,6 +30,22 @@ def test_classes_share_the_mean_and_differ_in_covariance():
     assert (df.groupby("Metadata_class").Metadata_split.first() == "validation").sum() == spec.n_classes - spec.n_train_classes
 
 
+def test_rotated_classes_are_the_papers_ellipse_turned_step_by_step():
+    spec = toy_spec(classes="rotated", points=4000, samples_per_class=2)
+    covs = class_covariances(spec)
+    for k, cov in enumerate(covs):
+        vals, vecs = np.linalg.eigh(cov)
+        np.testing.assert_allclose(vals, [0.25, 2.25], atol=1e-12)
+        # the long axis of class 0 is the diagonal (1, 1); class k is turned by k pi / n_classes from it
+        angle = np.arctan2(vecs[1, 1], vecs[0, 1]) % np.pi
+        assert np.isclose(angle, (np.pi / 4 + k * np.pi / spec.n_classes) % np.pi, atol=1e-9), (k, angle)
+    df = generate(spec)
+    sample = df[df.Metadata_class == "class03"][FEATURES].to_numpy()
+    np.testing.assert_allclose(np.cov(sample.T), covs[3], atol=0.15)
+    with pytest.raises(ValueError, match="experiment.dims"):
+        toy_spec(classes="rotated", dims=3)
+
+
 def test_standardized_variant_leaves_only_correlation():
     df = generate(toy_spec(variant="covariance_standardized"))
     std = df.groupby("Metadata_Well")[FEATURES].std(ddof=0)
@@ -77,3 +93,21 @@ def test_model_learns_covariance_the_mean_cannot(tmp_path):
 def test_heavy_sphering_leaves_nothing_to_learn(tmp_path):
     model_map, mean_map = _fit_and_score(tmp_path, toy_spec(variant="sphering", epsilon=0.01, points=300))
     assert model_map < mean_map + 0.2, (model_map, mean_map)
+
+
+@pytest.mark.slow
+def test_the_readmes_toy_presets_plan_one_run_per_epsilon(tmp_path):
+    """The README's toy preset combinations parse and plan their toy runs (a dry run: nothing trains)."""
+    import shutil
+
+    from helpers import REPO, copy_workflow, planned_jobs
+
+    wd = copy_workflow(tmp_path)
+    shutil.copytree(REPO / "experiments", wd / "experiments")
+    for presets, runs in [
+        (["covariance_standardized.yaml"], 1),
+        (["sphering.yaml", "sphering_paper.yaml"], 3),
+        (["sphering.yaml", "sphering_rotated.yaml"], 3),
+    ]:
+        jobs = planned_jobs(wd, configfiles=[f"experiments/{p}" for p in presets])
+        assert jobs.get("toy_train") == jobs.get("toy_data") == runs, (presets, jobs)

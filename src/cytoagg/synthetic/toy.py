@@ -1,7 +1,11 @@
 """The model-capacity toy data: classes with the same mean and different covariance.
 
-Each class is an ellipse (a random axis ratio and angle) in ``dims`` dimensions; a *sample* of a
-class (the toy's "well") is ``points`` points drawn from it. The mean of every class is zero, so
+Each class is an ellipse in ``dims`` dimensions; a *sample* of a class (the toy's "well") is ``points``
+points drawn from it. The ellipses (``classes``):
+- ``random``: a random axis ratio and orientation per class;
+- ``rotated``: the CytoSummaryNet paper's own toy classes (its ``LearnCovarianceExperiment.py``), in 2
+  dimensions: one ellipse, the points ``z @ A`` with ``A = [[1, .5], [.5, 1]]`` (so the covariance is ``A @ A``,
+  variances 2.25 and 0.25 along its axes), class k rotated by ``k * pi / n_classes``. The mean of every class is zero, so
 the mean of a sample carries no class information: the mean baseline retrieves at chance, and a
 set model can only win by learning second moments.
 
@@ -23,6 +27,7 @@ import pandas as pd
 from ..settings import Settings
 
 VARIANTS = ("covariance", "covariance_standardized", "sphering")
+CLASSES = ("random", "rotated")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class ToySpec(Settings):
     ``epsilons`` (sphering only; the other variants ignore it)."""
 
     variant: str
+    classes: str
     dims: int
     n_classes: int
     n_train_classes: int
@@ -42,12 +48,23 @@ class ToySpec(Settings):
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"experiment.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.classes not in CLASSES:
+            raise ValueError(f"experiment.classes must be one of {CLASSES}, got {self.classes!r}")
+        if self.classes == "rotated" and self.dims != 2:
+            raise ValueError(f"experiment.classes 'rotated' (the paper's ellipses) is 2-dimensional: set experiment.dims to 2, not {self.dims}")
         if not 0 < self.n_train_classes < self.n_classes:
             raise ValueError("experiment.n_train_classes must be between 1 and n_classes - 1")
 
 
 def class_covariances(spec: ToySpec) -> np.ndarray:
-    """(n_classes, dims, dims): ellipses of different axis ratios and orientations, all of trace ``dims``."""
+    """(n_classes, dims, dims): ``random``: ellipses of different axis ratios and orientations, all of trace
+    ``dims``; ``rotated``: one ellipse (covariance ``A @ A``, ``A = [[1, .5], [.5, 1]]``) turned by pi / n_classes
+    from one class to the next."""
+    if spec.classes == "rotated":
+        a = np.array([[1.0, 0.5], [0.5, 1.0]])
+        angles = np.pi * np.arange(spec.n_classes) / spec.n_classes
+        rot = np.stack([[np.cos(angles), -np.sin(angles)], [np.sin(angles), np.cos(angles)]]).transpose(2, 0, 1)
+        return rot @ (a @ a) @ rot.transpose(0, 2, 1)
     rng = np.random.default_rng(spec.seed)
     covs = []
     for _ in range(spec.n_classes):
