@@ -6,17 +6,20 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..io.columns import is_metadata, metadata_columns
 from ..io.files import InputError
 from ..io.parquet import cell_writer, profile_schema, to_arrow
-from .compartments import attach_images, compartment_features, link_compartments, merge_objects
+from .compartments import compartment_features, join_objects, link_compartments, object_numbers
 from .formats import check_csv_complete
-from .single_cell import SingleCellParquet
+from .single_cell import SLICE_BYTES, SingleCellParquet
 from .source import IMAGE_NUMBER, IMAGE_NUMBER_META, IMAGE_RANK, OBJECT_NUMBER, Source, order_images
 
 
@@ -66,9 +69,11 @@ class CellProfilerCsvSource(Source):
         header = read_csv(path, nrows=0).columns
         return [self._prefix(c, compartment) for c in header if not is_metadata(c)]
 
-    def _read_objects(self, site: Path, compartment: str, columns: list[str], features: list[str]) -> pd.DataFrame:
-        """``columns`` of one site's compartment file, ``features`` among them as float32, read with Arrow's CSV
-        reader (pandas' parser took most of the time on big plates, benchmarks/ingest.md)."""
+    def _read_objects(self, site: Path, compartment: str, columns: list[str], features: list[str]) -> pa.Table:
+        """``columns`` of one site's compartment file, ``features`` among them as float64, read with Arrow's CSV
+        reader (pandas' parser took most of the time on big plates, benchmarks/ingest.md). Features are parsed as
+        float64 and rounded to float32 later: the values the SQLite and Parquet routes give (Arrow's direct float32
+        parse differs from that in the last bit of ~0.2% of values)."""
         path = csv_file(site, compartment)
         names = {c: c if c == IMAGE_NUMBER else c.removeprefix(f"{compartment}_") for c in columns}
         try:
@@ -79,11 +84,7 @@ class CellProfilerCsvSource(Source):
             if missing:
                 raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
             raise
-        # parsed as float64, then rounded: the values the SQLite and Parquet routes give (Arrow's direct float32
-        # parse differs from that in the last bit of ~0.2% of values)
-        wanted = set(features)
-        arrays = [col.cast(pa.float32()) if name in wanted else col for name, col in zip(columns, table.columns)]
-        return pa.Table.from_arrays(arrays, names=columns).to_pandas()
+        return table.rename_columns(columns)
 
     def _images(self, metadata: list[str]) -> pd.DataFrame:
         frames = []
@@ -97,52 +98,94 @@ class CellProfilerCsvSource(Source):
             frames.append(frame.assign(**{IMAGE_NUMBER: frame[IMAGE_NUMBER].astype("int64"), "_site": i}))
         return order_images(pd.concat(frames, ignore_index=True), self.well_col, self.path, ["_site", IMAGE_NUMBER])
 
-    def _read_site(self, i: int, images: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        frames = {
-            c: self._read_objects(self.sites[i], c, self.links.columns(c) + compartment_features(features, c),
-                                  compartment_features(features, c))
-            for c in self.compartments
-        }
-        site_images = images[images["_site"] == i].drop(columns="_site")
-        cells = merge_objects(frames, self.links)
-        orphan = ~cells[IMAGE_NUMBER].isin(site_images[IMAGE_NUMBER])
-        for number, n in cells.loc[orphan, IMAGE_NUMBER].value_counts().items():
-            self.orphans[f"{self.sites[i].name}/ImageNumber {number}"] = int(n)
-        return attach_images(cells, site_images, self.links)
+    def _read_site(self, i: int, images: pd.DataFrame, features: list[str]) -> SiteCells:
+        """One folder's cells: the hub's objects with a parent in every other compartment and an image in
+        Image.csv (inner joins, as pycytominer's merge), ordered by image rank, then the hub's object number."""
+        site = self.sites[i]
+        tables = {c: self._read_objects(site, c, self.links.columns(c) + compartment_features(features, c),
+                                        compartment_features(features, c))
+                  for c in self.compartments}
+        rows = join_objects(tables, self.links, {c: csv_file(site, c) for c in self.compartments})
+        hub = tables[self.links.hub]
+        numbers = object_numbers(hub.column(IMAGE_NUMBER))[rows[self.links.hub]]
+        site_images = images.index[images["_site"].to_numpy() == i]
+        known = images[IMAGE_NUMBER].to_numpy()[site_images]
+        image_of = np.full(len(numbers), -1)
+        sorter = np.argsort(known, kind="stable")
+        found = np.searchsorted(known, numbers, sorter=sorter).clip(max=max(len(known) - 1, 0))
+        if len(known):
+            hit = known[sorter[found]] == numbers
+            image_of[hit] = site_images[sorter[found[hit]]]
+        for number, n in zip(*np.unique(numbers[image_of < 0], return_counts=True)):
+            self.orphans[f"{site.name}/ImageNumber {int(number)}"] = int(n)
+        keep = image_of >= 0
+        ranks = images[IMAGE_RANK].to_numpy()[image_of[keep]]
+        hub_numbers = object_numbers(hub.column(self.links.object_number[self.links.hub]))[rows[self.links.hub][keep]]
+        order = np.lexsort((hub_numbers, ranks))
+        cells = rows[self.links.cell_number_compartment()][keep][order]
+        cell_table = tables[self.links.cell_number_compartment()]
+        return SiteCells(
+            image_rows=image_of[keep][order],
+            cell_numbers=object_numbers(cell_table.column(self.links.cell_number()))[cells],
+            features=[tables[c].select(compartment_features(features, c)).take(rows[c][keep][order])
+                      for c in self.compartments],
+        )
 
-    def _sites_in_order(self, images: pd.DataFrame, metadata, features, chunk_rows) -> Iterator[pd.DataFrame]:
-        """Each folder's merged cells, folders in the order of their first image, in chunks of about chunk_rows."""
+    def _slices(self, images: pd.DataFrame, metadata, features, slice_rows) -> Iterator[tuple[pd.DataFrame, list]]:
+        """Each folder's merged cells, folders in the order of their first image, in slices of about slice_rows:
+        the metadata (pandas) and the float32 features."""
         site_order = images.groupby("_site")[IMAGE_RANK].min().sort_values().index
+        image_meta = images[[m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]]
+        image_numbers = images[IMAGE_NUMBER].to_numpy()
         pending, n = [], 0
-        for i in site_order:
-            pending.append(self._read_site(i, images, features)[[*metadata, *features]])
-            n += len(pending[-1])
-            if n >= chunk_rows:
-                yield pd.concat(pending, ignore_index=True)
+        for k, i in enumerate(site_order):
+            pending.append(self._read_site(i, images, features))
+            n += len(pending[-1].image_rows)
+            if n >= slice_rows or k == len(site_order) - 1:
+                image_rows = np.concatenate([p.image_rows for p in pending])
+                meta = image_meta.iloc[image_rows].reset_index(drop=True)
+                meta[IMAGE_NUMBER_META] = image_numbers[image_rows].astype(str)
+                meta[OBJECT_NUMBER] = np.concatenate([p.cell_numbers for p in pending]).astype(np.int64).astype(str)
+                by_name = {}
+                for j, compartment in enumerate(self.compartments):
+                    table = pa.concat_tables([p.features[j] for p in pending])
+                    for name, column in zip(table.column_names, table.columns):
+                        by_name[name] = pc.cast(column, pa.float32(), safe=False).to_numpy()
+                yield meta[metadata], [by_name[f] for f in features]
                 pending, n = [], 0
-        if pending:
-            yield pd.concat(pending, ignore_index=True)
 
-    def batches(self, metadata, features, chunk_rows):
+    def split_batches(self, metadata, features, chunk_rows):
         source_metadata = [m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]
         images = self._images(source_metadata)
+        slice_rows = max(1, min(chunk_rows, SLICE_BYTES // (4 * max(len(features), 1))))
         if (images.groupby("_site")[self.well_col].nunique() <= 1).all():  # one well per folder: already in order
-            yield from self._sites_in_order(images, metadata, features, chunk_rows)
+            yield from self._slices(images, metadata, features, slice_rows)
             return
         # folders of several wells (cytominer-database's layout, or one folder for a plate): merged cells go
         # through a temporary Parquet file, read back by well (stable: within a well, folder then image order)
         self.workdir.mkdir(parents=True, exist_ok=True)
         schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
+        meta_schema = pa.schema([schema.field(m) for m in metadata])
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix=".ingest-") as tmp:
             target = Path(tmp) / "cells.parquet"
             with cell_writer(target, schema) as writer:  # features plain, as every per-cell file
-                for frame in self._sites_in_order(images, metadata, features, chunk_rows):
-                    writer.write_table(to_arrow(frame, schema))
-            source = SingleCellParquet(target, self.well_col, label=self.path)
+                for meta, values in self._slices(images, metadata, features, slice_rows):
+                    arrays = [*to_arrow(meta, meta_schema).columns, *(pa.array(v) for v in values)]
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            source = SingleCellParquet(target, self.well_col, label=self.path, workdir=Path(tmp))
             try:
-                yield from source.batches(metadata, features, chunk_rows)
+                yield from source.split_batches(metadata, features, chunk_rows)
             finally:
                 source.close()
+
+
+class SiteCells(NamedTuple):
+    """One folder's merged cells, in order: their rows in the plate's image table, cell object numbers, and
+    each compartment's feature columns (float64, Arrow)."""
+
+    image_rows: np.ndarray
+    cell_numbers: np.ndarray
+    features: list[pa.Table]
 
 
 def csv_file(folder: Path, name: str) -> Path | None:
