@@ -722,3 +722,23 @@ def test_empty_object_csv_names_the_file(jump_folder, tmp_path):
     empty = bad / "BR00121431-A02-1" / "Nuclei.csv"
     empty.write_text("")
     assert_rejected(bad, tmp_path / "out.parquet", str(empty), "empty file", plate="BR00121431")
+
+
+def test_metadata_strings_are_the_text_str_gives():
+    """to_arrow converts text and integer metadata with Arrow: the same strings as ``str`` per value (floats keep
+    Python's ``1.0``, bytes their repr, missing values null)."""
+    from cytoagg.io.parquet import to_arrow
+
+    columns = {
+        "Metadata_text": ["a", None, "b", np.nan], "Metadata_int": [1, 2, -3, 2**62],
+        "Metadata_float": [1.0, np.nan, 2.5, 3.0], "Metadata_bool": [True, False, True, False],
+        "Metadata_mixed": [1, "a", 2.0, None], "Metadata_bytes": [b"ab", "c", "d", "e"],
+        "Metadata_object_floats": pd.Series([1.5, 2.0, 3.0, 4.0], dtype=object),
+        "Metadata_nullable": pd.Series([1, None, 3, 4], dtype="Int64"),
+        "Metadata_category": pd.Categorical(["x", "y", None, "x"]),
+    }
+    frame = pd.DataFrame(columns)
+    got = to_arrow(frame)
+    for name in columns:
+        expected = [None if pd.isna(v) else str(v) for v in frame[name].astype(object)]
+        assert got.column(name).to_pylist() == expected, name

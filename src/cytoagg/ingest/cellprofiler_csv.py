@@ -37,8 +37,9 @@ class CellProfilerCsvSource(Source):
     Object columns are unprefixed (``AreaShape_Area``) and get the compartment prefix here. ImageNumber is only
     unique within a folder, so each folder is merged on its own. A single folder holding Image.csv directly
     is read as one site folder. A folder may hold the images of any number of wells, as long as each image names
-    its well: when one per folder, folders are read in well order (memory: one folder); otherwise the merged cells
-    go through a temporary Parquet file and are read back by well (memory: one row group).
+    its well: when one per folder, folders are read in well order (memory: a slice of cells, and the few folders
+    parsed ahead); otherwise the merged cells go through a temporary Parquet file and are read back by well. Each
+    folder's compartments are joined as pycytominer merges them (:func:`join_objects`, on object numbers in numpy).
     """
 
     format = "cp_csv"
