@@ -241,6 +241,72 @@ def test_jump_csv_folders(jump_folder, tmp_path):
             np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(np.float32))
 
 
+def write_site(folder: Path, well: str, image_numbers: list[int], rng, n: int = 12) -> None:
+    """A CellProfiler site folder: objects in shuffled order, a Cytoplasm whose parents are missing (0, blank, an
+    object that does not exist), and cells of an image that Image.csv does not list."""
+    folder.mkdir(parents=True)
+    pd.DataFrame({"ImageNumber": image_numbers, "Metadata_Plate": "P1", "Metadata_Well": well}).to_csv(
+        folder / "Image.csv", index=False)
+    images = np.repeat([*image_numbers, 99], n)
+    objects = np.tile(np.arange(1, n + 1), len(image_numbers) + 1)
+    for c in COMPARTMENTS:
+        df = pd.DataFrame({"ImageNumber": images, "ObjectNumber": objects,
+                           "AreaShape_Area": rng.integers(10, 500, len(images)),
+                           "Intensity_MeanIntensity_DNA": rng.standard_normal(len(images))})
+        if c == "Cytoplasm":
+            df["Parent_Cells"] = df["ObjectNumber"].astype(object)
+            df["Parent_Nuclei"] = rng.permutation(df["ObjectNumber"].to_numpy())
+            df.loc[1, "Parent_Cells"], df.loc[2, "Parent_Cells"], df.loc[3, "Parent_Nuclei"] = 0, None, n + 5
+        if c == "Nuclei":
+            df.loc[rng.choice(len(df), 5), "Intensity_MeanIntensity_DNA"] = np.nan
+        df.sample(frac=1, random_state=int(rng.integers(1000))).to_csv(folder / f"{c}.csv", index=False)
+
+
+def test_csv_folders_merged_as_pycytominer_merges(tmp_path, monkeypatch):
+    """Per-site folders, each numbering its images from 1, merged by object numbers: the same cells and values as
+    pandas' inner merges (rows without a parent dropped, blank parents matching nothing), ordered by well, image,
+    object; cells of an image missing from Image.csv counted and dropped; in slices of one site here."""
+    from cytoagg.ingest import single_cell
+
+    rng = np.random.default_rng(3)
+    plate = tmp_path / "plate"
+    for name, w, numbers in [("s1", "B02", [1]), ("s2", "A01", [1, 2]), ("s3", "A01", [3]), ("s4", "C10", [1])]:
+        write_site(plate / name, w, numbers, rng)
+    monkeypatch.setattr(single_cell, "SLICE_BYTES", 1)
+    out = tmp_path / "out.parquet"
+    summary = ingest(plate, out, plate="P1", max_cells_without_image=0.5)
+    got = pd.read_parquet(out)
+    refs = []
+    for folder in sorted(plate.iterdir()):
+        tables = {c: pd.read_csv(folder / f"{c}.csv").rename(columns=lambda k, c=c: k if k == "ImageNumber" else f"{c}_{k}")
+                  for c in COMPARTMENTS}
+        ref = tables["Cytoplasm"].merge(tables["Cells"], left_on=["ImageNumber", "Cytoplasm_Parent_Cells"],
+                                        right_on=["ImageNumber", "Cells_ObjectNumber"])
+        ref = ref.merge(tables["Nuclei"], left_on=["ImageNumber", "Cytoplasm_Parent_Nuclei"],
+                        right_on=["ImageNumber", "Nuclei_ObjectNumber"])
+        ref = ref.merge(pd.read_csv(folder / "Image.csv"), on="ImageNumber")
+        refs.append(ref.sort_values(["ImageNumber", "Cytoplasm_ObjectNumber"]))
+    ref = pd.concat(refs).sort_values("Metadata_Well", kind="stable")
+    assert summary["n_cells"] == len(ref) == len(got)
+    assert sum(summary["cells_per_well"].values()) == len(ref)
+    assert got["Metadata_Well"].tolist() == ref["Metadata_Well"].tolist()
+    assert got["Metadata_ImageNumber"].tolist() == ref["ImageNumber"].astype(str).tolist()
+    assert got["Metadata_ObjectNumber"].tolist() == ref["Cells_ObjectNumber"].astype(str).tolist()
+    feats = [c for c in got if not c.startswith("Metadata_")]
+    assert len(feats) == 6
+    np.testing.assert_array_equal(got[feats].to_numpy(), ref[feats].to_numpy(np.float32))
+
+
+def test_csv_folder_repeated_object_number_is_an_input_error(tmp_path):
+    rng = np.random.default_rng(4)
+    write_site(tmp_path / "plate" / "s1", "A01", [1], rng)
+    nuclei = tmp_path / "plate" / "s1" / "Nuclei.csv"
+    df = pd.read_csv(nuclei)
+    pd.concat([df, df.iloc[[4]]]).to_csv(nuclei, index=False)
+    assert_rejected(tmp_path / "plate", tmp_path / "out.parquet", str(nuclei), "repeats within ImageNumber", plate="P1",
+                    max_cells_without_image=0.5)
+
+
 # ---------------------------------------------------------------- single-cell Parquet and CSV
 
 
@@ -277,32 +343,19 @@ def test_single_cell_csv_matches_parquet(fibrosis, tmp_path):
     assert not list(tmp_path.glob(".ingest-*"))
 
 
-def test_long_row_group_read_in_column_blocks(tmp_path, monkeypatch):
-    """pycytominer writes a plate as one row group: it is read a block of columns at a time (here 3 columns), rows
-    taken in well order, features cast to float32 (integers and NaN too), handed on in slices; the same as reading
-    it whole."""
-    from cytoagg.ingest import single_cell
-
-    rng = np.random.default_rng(1)
-    n = 3000
-    wells = rng.choice(["B02", "A01", "A10", "C03"], n)
-    ref = pd.DataFrame({"Image_Metadata_Well": wells, "Image_Metadata_Plate": "P1",
+def single_cell_frame(n: int, seed: int = 1) -> pd.DataFrame:
+    """pycytominer-like single cells in acquisition order (wells out of order): integer and float features, NaN."""
+    rng = np.random.default_rng(seed)
+    ref = pd.DataFrame({"Image_Metadata_Well": rng.choice(["B02", "A01", "A10", "C03"], n), "Image_Metadata_Plate": "P1",
                         "Metadata_ImageNumber": rng.integers(1, 9, n), "Cells_AreaShape_Area": rng.integers(50, 900, n)})
     for j in range(8):
         ref[f"Cells_Intensity_Mean_{j}"] = rng.standard_normal(n) * 10 ** j
     ref.loc[rng.choice(n, 50), "Cells_Intensity_Mean_3"] = np.nan
-    src = tmp_path / "sc.parquet"
-    ref.to_parquet(src, index=False)  # one row group
-    assert pq.ParquetFile(src).metadata.num_row_groups == 1
-    monkeypatch.setattr(single_cell, "BLOCK_BYTES", 3 * 8 * n)
-    monkeypatch.setattr(single_cell, "SLICE_BYTES", 1)  # chunks handed on in slices of 1,000 rows
-    reads = []
-    read_row_group = pq.ParquetFile.read_row_group
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
-                        lambda self, g, columns=None, **kw: reads.append(len(columns)) or read_row_group(self, g, columns, **kw))
-    out = tmp_path / "out.parquet"
-    ingest(src, out, plate="P1", chunk_rows=2500)
-    assert reads == [3] * 8  # 2 chunks, each 4 blocks of the 12 columns (3 metadata, 9 features)
+    return ref
+
+
+def assert_single_cells(out: Path, ref: pd.DataFrame) -> None:
+    """``out`` holds ``ref``'s cells in well order (stable), features as float32."""
     got = pd.read_parquet(out)
     ref = ref.sort_values("Image_Metadata_Well", kind="stable")
     feats = [c for c in ref if c.startswith("Cells_")]
@@ -310,6 +363,69 @@ def test_long_row_group_read_in_column_blocks(tmp_path, monkeypatch):
     assert got["Metadata_ImageNumber"].tolist() == ref["Metadata_ImageNumber"].astype(str).tolist()
     assert (got[feats].dtypes == np.float32).all()
     np.testing.assert_array_equal(got[feats].to_numpy(), ref[feats].to_numpy(np.float32))
+
+
+def count_reads(monkeypatch, method: str) -> list[int]:
+    """The number of columns of each call of ``pq.ParquetFile.<method>``."""
+    reads, original = [], getattr(pq.ParquetFile, method)
+
+    def counted(self, *args, columns=None, **kw):
+        reads.append(len(columns))
+        return original(self, *args, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, method, counted)
+    return reads
+
+
+def test_one_row_group_out_of_well_order_is_decoded_once(tmp_path, monkeypatch):
+    """pycytominer writes a plate as one row group, in acquisition order: read chunk by chunk, it would be decoded
+    once per chunk. It is read once instead (metadata, then a block of 3 feature columns at a time), the features
+    spilled in well order and read back in slices of 1,000 rows: the same as reading it whole."""
+    from cytoagg.ingest import single_cell
+
+    n = 3000
+    ref = single_cell_frame(n)
+    src = tmp_path / "sc.parquet"
+    ref.to_parquet(src, index=False)  # one row group
+    assert pq.ParquetFile(src).metadata.num_row_groups == 1
+    monkeypatch.setattr(single_cell, "BLOCK_BYTES", 3 * 8 * n)
+    monkeypatch.setattr(single_cell, "SLICE_BYTES", 1)  # slices of 1,000 rows
+    reads, by_group = count_reads(monkeypatch, "read"), count_reads(monkeypatch, "read_row_group")
+    out = tmp_path / "out" / "plate.parquet"
+    ingest(src, out, plate="P1", chunk_rows=1000)  # 3 chunks: 3 passes chunk by chunk
+    assert reads == [1, 3, 3, 3, 3] and not by_group  # the well column; 3 metadata; 9 features in 3 blocks
+    assert_single_cells(out, ref)
+    assert not list(out.parent.glob(".ingest-*"))  # the spill file removed
+
+
+def test_spilled_text_feature_is_an_input_error_naming_it(tmp_path):
+    ref = single_cell_frame(300)
+    ref["Cells_Intensity_Mean_5"] = ref["Cells_Intensity_Mean_5"].astype(str)  # numbers as text: read as numbers
+    src = tmp_path / "sc.parquet"
+    ref.to_parquet(src, index=False)
+    ingest(src, tmp_path / "ok.parquet", plate="P1", chunk_rows=100)
+    assert_single_cells(tmp_path / "ok.parquet", ref.astype({"Cells_Intensity_Mean_5": float}))
+    ref.loc[7, "Cells_Intensity_Mean_5"] = "n/a?"
+    ref.to_parquet(src, index=False)
+    assert_rejected(src, tmp_path / "bad.parquet", "Cells_Intensity_Mean_5", "'n/a?'", plate="P1", chunk_rows=100)
+    assert not list(tmp_path.glob(".ingest-*"))
+
+
+def test_row_groups_in_well_order_are_read_chunk_by_chunk(tmp_path, monkeypatch):
+    """Row groups already in well order are read chunk by chunk (each row group once, a block of columns at a
+    time), without a spill file."""
+    from cytoagg.ingest import single_cell
+
+    n = 3000
+    ref = single_cell_frame(n).sort_values("Image_Metadata_Well", kind="stable")
+    src = tmp_path / "sc.parquet"
+    ref.to_parquet(src, index=False, row_group_size=500)
+    monkeypatch.setattr(single_cell, "BLOCK_BYTES", 6 * 8 * 500)
+    reads, whole = count_reads(monkeypatch, "read_row_group"), count_reads(monkeypatch, "read")
+    out = tmp_path / "out.parquet"
+    ingest(src, out, plate="P1", chunk_rows=1000)
+    assert reads == [6, 6] * 6 and whole == [1]  # 6 row groups, each once, in 2 blocks of the 12 columns
+    assert_single_cells(out, ref)
 
 
 # ---------------------------------------------------------------- bad input
@@ -606,3 +722,23 @@ def test_empty_object_csv_names_the_file(jump_folder, tmp_path):
     empty = bad / "BR00121431-A02-1" / "Nuclei.csv"
     empty.write_text("")
     assert_rejected(bad, tmp_path / "out.parquet", str(empty), "empty file", plate="BR00121431")
+
+
+def test_metadata_strings_are_the_text_str_gives():
+    """to_arrow converts text and integer metadata with Arrow: the same strings as ``str`` per value (floats keep
+    Python's ``1.0``, bytes their repr, missing values null)."""
+    from cytoagg.io.parquet import to_arrow
+
+    columns = {
+        "Metadata_text": ["a", None, "b", np.nan], "Metadata_int": [1, 2, -3, 2**62],
+        "Metadata_float": [1.0, np.nan, 2.5, 3.0], "Metadata_bool": [True, False, True, False],
+        "Metadata_mixed": [1, "a", 2.0, None], "Metadata_bytes": [b"ab", "c", "d", "e"],
+        "Metadata_object_floats": pd.Series([1.5, 2.0, 3.0, 4.0], dtype=object),
+        "Metadata_nullable": pd.Series([1, None, 3, 4], dtype="Int64"),
+        "Metadata_category": pd.Categorical(["x", "y", None, "x"]),
+    }
+    frame = pd.DataFrame(columns)
+    got = to_arrow(frame)
+    for name in columns:
+        expected = [None if pd.isna(v) else str(v) for v in frame[name].astype(object)]
+        assert got.column(name).to_pylist() == expected, name

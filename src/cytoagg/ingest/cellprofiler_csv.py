@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import tempfile
 import zlib
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..io.columns import is_metadata, metadata_columns
 from ..io.files import InputError
 from ..io.parquet import cell_writer, profile_schema, to_arrow
-from .compartments import attach_images, compartment_features, link_compartments, merge_objects
+from .compartments import compartment_features, join_objects, link_compartments, object_numbers
 from .formats import check_csv_complete
-from .single_cell import SingleCellParquet
+from .single_cell import SLICE_BYTES, SingleCellParquet
 from .source import IMAGE_NUMBER, IMAGE_NUMBER_META, IMAGE_RANK, OBJECT_NUMBER, Source, order_images
+
+
+READ_THREADS = 2  # threads parsing folders' files
+READ_AHEAD = 8  # folders parsed ahead of the joins (memory: a few MB)
+BIG_CSV_BYTES = 8 << 20  # files above this are parsed by Arrow's threads (cytominer-database's one folder per plate)
 
 
 class CellProfilerCsvSource(Source):
@@ -27,8 +37,9 @@ class CellProfilerCsvSource(Source):
     Object columns are unprefixed (``AreaShape_Area``) and get the compartment prefix here. ImageNumber is only
     unique within a folder, so each folder is merged on its own. A single folder holding Image.csv directly
     is read as one site folder. A folder may hold the images of any number of wells, as long as each image names
-    its well: when one per folder, folders are read in well order (memory: one folder); otherwise the merged cells
-    go through a temporary Parquet file and are read back by well (memory: one row group).
+    its well: when one per folder, folders are read in well order (memory: a slice of cells, and the few folders
+    parsed ahead); otherwise the merged cells go through a temporary Parquet file and are read back by well. Each
+    folder's compartments are joined as pycytominer merges them (:func:`join_objects`, on object numbers in numpy).
     """
 
     format = "cp_csv"
@@ -43,12 +54,14 @@ class CellProfilerCsvSource(Source):
         )
         if not self.sites:
             raise InputError(f"{path}: no Image.csv (or image.csv) here or in any sub-folder")
+        self.files: dict[Path, dict[str, Path]] = {}  # site -> Image and each compartment -> its file
         for site in self.sites:
+            self.files[site] = {name: csv_file(site, name) for name in ("Image", *self.compartments)}
             for c in self.compartments:
-                if not csv_file(site, c):
+                if not self.files[site][c]:
                     raise InputError(f"{site / f'{c}.csv'}: missing compartment file for {c}")
-                check_csv_complete(csv_file(site, c))
-            check_csv_complete(csv_file(site, "Image"))
+                check_csv_complete(self.files[site][c])
+            check_csv_complete(self.files[site]["Image"])
         first = self.sites[0]
         table_columns = {c: self._object_header(csv_file(first, c), c) for c in self.compartments}
         self.links = link_compartments(table_columns, {c: str(csv_file(first, c)) for c in self.compartments},
@@ -66,10 +79,12 @@ class CellProfilerCsvSource(Source):
         header = read_csv(path, nrows=0).columns
         return [self._prefix(c, compartment) for c in header if not is_metadata(c)]
 
-    def _read_objects(self, site: Path, compartment: str, columns: list[str], features: list[str]) -> pd.DataFrame:
-        """``columns`` of one site's compartment file, ``features`` among them as float32, read with Arrow's CSV
-        reader (pandas' parser took most of the time on big plates, benchmarks/ingest.md)."""
-        path = csv_file(site, compartment)
+    def _read_objects(self, site: Path, compartment: str, columns: list[str], features: list[str]) -> pa.Table:
+        """``columns`` of one site's compartment file, ``features`` among them as float64, read with Arrow's CSV
+        reader (pandas' parser took most of the time on big plates, benchmarks/ingest.md). Features are parsed as
+        float64 and rounded to float32 later: the values the SQLite and Parquet routes give (Arrow's direct float32
+        parse differs from that in the last bit of ~0.2% of values)."""
+        path = self.files[site][compartment]
         names = {c: c if c == IMAGE_NUMBER else c.removeprefix(f"{compartment}_") for c in columns}
         try:
             table = read_arrow_csv(path, list(names.values()), {names[c]: pa.float64() for c in features})
@@ -79,70 +94,142 @@ class CellProfilerCsvSource(Source):
             if missing:
                 raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
             raise
-        # parsed as float64, then rounded: the values the SQLite and Parquet routes give (Arrow's direct float32
-        # parse differs from that in the last bit of ~0.2% of values)
-        wanted = set(features)
-        arrays = [col.cast(pa.float32()) if name in wanted else col for name, col in zip(columns, table.columns)]
-        return pa.Table.from_arrays(arrays, names=columns).to_pandas()
+        return table.rename_columns(columns)
+
+    def _image_table(self, i: int, metadata: list[str]) -> pa.Table:
+        """One folder's Image.csv: ImageNumber and ``metadata`` (as text; pandas' missing-value spellings missing)."""
+        path = self.files[self.sites[i]]["Image"]
+        wanted = [IMAGE_NUMBER, *dict.fromkeys(m for m in metadata if m != IMAGE_NUMBER)]
+        try:
+            table = read_arrow_csv(path, wanted, dict.fromkeys(wanted, pa.string()))
+        except InputError:
+            missing = [c for c in wanted if c not in read_header(path)]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
+            raise
+        return table.append_column("_site", pa.array(np.full(table.num_rows, i)))
 
     def _images(self, metadata: list[str]) -> pd.DataFrame:
-        frames = []
-        for i, site in enumerate(self.sites):
-            path = csv_file(site, "Image")
-            wanted = {IMAGE_NUMBER, *metadata}
-            frame = read_csv(path, usecols=lambda c: c in wanted, dtype=str)
-            missing = [c for c in wanted if c not in frame.columns]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {missing[:10]}")
-            frames.append(frame.assign(**{IMAGE_NUMBER: frame[IMAGE_NUMBER].astype("int64"), "_site": i}))
-        return order_images(pd.concat(frames, ignore_index=True), self.well_col, self.path, ["_site", IMAGE_NUMBER])
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            tables = list(pool.map(lambda i: self._image_table(i, metadata), range(len(self.sites))))
+        frame = pa.concat_tables(tables).to_pandas()
+        frame[IMAGE_NUMBER] = frame[IMAGE_NUMBER].astype("int64")
+        return order_images(frame, self.well_col, self.path, ["_site", IMAGE_NUMBER])
 
-    def _read_site(self, i: int, images: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        frames = {
-            c: self._read_objects(self.sites[i], c, self.links.columns(c) + compartment_features(features, c),
-                                  compartment_features(features, c))
-            for c in self.compartments
-        }
-        site_images = images[images["_site"] == i].drop(columns="_site")
-        cells = merge_objects(frames, self.links)
-        orphan = ~cells[IMAGE_NUMBER].isin(site_images[IMAGE_NUMBER])
-        for number, n in cells.loc[orphan, IMAGE_NUMBER].value_counts().items():
-            self.orphans[f"{self.sites[i].name}/ImageNumber {number}"] = int(n)
-        return attach_images(cells, site_images, self.links)
+    def _read_tables(self, i: int, features: dict[str, list[str]]) -> dict[str, pa.Table]:
+        """One folder's compartment files (``features``: each compartment's, as float64)."""
+        return {c: self._read_objects(self.sites[i], c, self.links.columns(c) + features[c], features[c])
+                for c in self.compartments}
 
-    def _sites_in_order(self, images: pd.DataFrame, metadata, features, chunk_rows) -> Iterator[pd.DataFrame]:
-        """Each folder's merged cells, folders in the order of their first image, in chunks of about chunk_rows."""
+    def _read_ahead(self, sites, features: dict[str, list[str]]) -> Iterator[tuple[int, dict[str, pa.Table]]]:
+        """The folders' tables in order, parsed by ``READ_THREADS`` threads (Arrow parses without the GIL) at most
+        ``READ_AHEAD`` folders ahead of the joins."""
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            pending = deque()
+            for i in sites:
+                pending.append((i, pool.submit(self._read_tables, i, features)))
+                if len(pending) > READ_AHEAD:
+                    j, tables = pending.popleft()
+                    yield j, tables.result()
+            while pending:
+                j, tables = pending.popleft()
+                yield j, tables.result()
+
+    def _join_site(self, i: int, tables: dict[str, pa.Table], images: pd.DataFrame) -> SiteCells:
+        """One folder's cells: the hub's objects with a parent in every other compartment and an image in
+        Image.csv (inner joins, as pycytominer's merge), ordered by image rank, then the hub's object number."""
+        site = self.sites[i]
+        rows = join_objects(tables, self.links, self.files[site])
+        hub = tables[self.links.hub]
+        numbers = object_numbers(hub.column(IMAGE_NUMBER))[rows[self.links.hub]]
+        site_images = images.index[images["_site"].to_numpy() == i]
+        known = images[IMAGE_NUMBER].to_numpy()[site_images]
+        image_of = np.full(len(numbers), -1)
+        if len(known):
+            sorter = np.argsort(known, kind="stable")
+            found = np.searchsorted(known, numbers, sorter=sorter).clip(max=len(known) - 1)
+            hit = known[sorter[found]] == numbers
+            image_of[hit] = site_images[sorter[found[hit]]]
+        for number, n in zip(*np.unique(numbers[image_of < 0], return_counts=True)):
+            self.orphans[f"{site.name}/ImageNumber {int(number)}"] = int(n)
+        keep = image_of >= 0
+        ranks = images[IMAGE_RANK].to_numpy()[image_of[keep]]
+        hub_numbers = object_numbers(hub.column(self.links.object_number[self.links.hub]))[rows[self.links.hub][keep]]
+        order = np.lexsort((hub_numbers, ranks))
+        cells = self.links.cell_number_compartment()
+        return SiteCells(
+            image_rows=image_of[keep][order],
+            cell_numbers=object_numbers(tables[cells].column(self.links.cell_number()))[rows[cells][keep][order]],
+            rows={c: rows[c][keep][order] for c in self.compartments},
+            tables=tables,
+        )
+
+    def _slice(self, pending: list[SiteCells], image_meta: pd.DataFrame, image_numbers: np.ndarray,
+               metadata: list[str], features: list[str], by_compartment: dict[str, list[str]]):
+        """Some folders' cells as one slice: metadata (pandas) and features (float32, cast once per slice)."""
+        image_rows = np.concatenate([p.image_rows for p in pending])
+        meta = image_meta.iloc[image_rows].reset_index(drop=True)
+        meta[IMAGE_NUMBER_META] = image_numbers[image_rows].astype(str)
+        meta[OBJECT_NUMBER] = np.concatenate([p.cell_numbers for p in pending]).astype(np.int64).astype(str)
+        by_name = {}
+        for c in self.compartments:
+            offsets = np.cumsum([0, *(p.tables[c].num_rows for p in pending)])
+            rows = np.concatenate([p.rows[c] + start for p, start in zip(pending, offsets)])
+            table = pa.concat_tables([p.tables[c].select(by_compartment[c]) for p in pending])
+            for name, column in zip(table.column_names, table.columns):
+                by_name[name] = pc.cast(column, pa.float32(), safe=False).to_numpy()[rows]
+        return meta[metadata], [by_name[f] for f in features]
+
+    def _slices(self, images: pd.DataFrame, metadata, features, slice_rows) -> Iterator[tuple[pd.DataFrame, list]]:
+        """Each folder's merged cells, folders in the order of their first image, in slices of about slice_rows:
+        the metadata (pandas) and the float32 features."""
         site_order = images.groupby("_site")[IMAGE_RANK].min().sort_values().index
+        image_meta = images[[m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]]
+        image_numbers = images[IMAGE_NUMBER].to_numpy()
+        by_compartment = {c: compartment_features(features, c) for c in self.compartments}
         pending, n = [], 0
-        for i in site_order:
-            pending.append(self._read_site(i, images, features)[[*metadata, *features]])
-            n += len(pending[-1])
-            if n >= chunk_rows:
-                yield pd.concat(pending, ignore_index=True)
+        for i, tables in self._read_ahead(site_order, by_compartment):
+            pending.append(self._join_site(i, tables, images))
+            n += len(pending[-1].image_rows)
+            if n >= slice_rows:
+                yield self._slice(pending, image_meta, image_numbers, metadata, features, by_compartment)
                 pending, n = [], 0
         if pending:
-            yield pd.concat(pending, ignore_index=True)
+            yield self._slice(pending, image_meta, image_numbers, metadata, features, by_compartment)
 
-    def batches(self, metadata, features, chunk_rows):
+    def split_batches(self, metadata, features, chunk_rows):
         source_metadata = [m for m in metadata if m not in (IMAGE_NUMBER_META, OBJECT_NUMBER)]
         images = self._images(source_metadata)
+        slice_rows = max(1, min(chunk_rows, SLICE_BYTES // (4 * max(len(features), 1))))
         if (images.groupby("_site")[self.well_col].nunique() <= 1).all():  # one well per folder: already in order
-            yield from self._sites_in_order(images, metadata, features, chunk_rows)
+            yield from self._slices(images, metadata, features, slice_rows)
             return
         # folders of several wells (cytominer-database's layout, or one folder for a plate): merged cells go
         # through a temporary Parquet file, read back by well (stable: within a well, folder then image order)
         self.workdir.mkdir(parents=True, exist_ok=True)
         schema = profile_schema(pd.DataFrame(columns=[*metadata, *features]))
+        meta_schema = pa.schema([schema.field(m) for m in metadata])
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix=".ingest-") as tmp:
             target = Path(tmp) / "cells.parquet"
             with cell_writer(target, schema) as writer:  # features plain, as every per-cell file
-                for frame in self._sites_in_order(images, metadata, features, chunk_rows):
-                    writer.write_table(to_arrow(frame, schema))
-            source = SingleCellParquet(target, self.well_col, label=self.path)
+                for meta, values in self._slices(images, metadata, features, slice_rows):
+                    arrays = [*to_arrow(meta, meta_schema).columns, *(pa.array(v) for v in values)]
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            source = SingleCellParquet(target, self.well_col, label=self.path, workdir=Path(tmp))
             try:
-                yield from source.batches(metadata, features, chunk_rows)
+                yield from source.split_batches(metadata, features, chunk_rows)
             finally:
                 source.close()
+
+
+class SiteCells(NamedTuple):
+    """One folder's merged cells, in order: their rows in the plate's image table, cell object numbers, and their
+    rows in each compartment's table (float64 features, Arrow)."""
+
+    image_rows: np.ndarray
+    cell_numbers: np.ndarray
+    rows: dict[str, np.ndarray]
+    tables: dict[str, pa.Table]
 
 
 def csv_file(folder: Path, name: str) -> Path | None:
@@ -162,11 +249,13 @@ def read_header(path: Path) -> list[str]:
 def read_arrow_csv(path: Path, columns: list[str], types: dict[str, pa.DataType]) -> pa.Table:
     """``columns`` of a CSV (plain or gzipped) with Arrow's reader, ``types`` forced (others inferred); a bad file
     (cut off, a row of the wrong length, text in a number column) is an InputError naming the file."""
-    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types)
+    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, strings_can_be_null=True)
     try:
         with pa.OSFile(str(path)) as raw:
             stream = pa.CompressedInputStream(raw, "gzip") if path.name.lower().endswith(".gz") else raw
-            return pacsv.read_csv(stream, convert_options=convert)
+            # a site's small files in one thread each (several are parsed at once: READ_THREADS), big ones in Arrow's
+            big = path.stat().st_size > BIG_CSV_BYTES
+            return pacsv.read_csv(stream, read_options=pacsv.ReadOptions(use_threads=big), convert_options=convert)
     except (pa.ArrowException, OSError, EOFError, zlib.error) as e:
         raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import pandas as pd
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..io.files import InputError
-from .source import IMAGE_NUMBER, IMAGE_NUMBER_META, IMAGE_RANK, OBJECT_NUMBER
+from .source import IMAGE_NUMBER
 
 
 class Links(NamedTuple):
@@ -22,8 +24,12 @@ class Links(NamedTuple):
         cols = [IMAGE_NUMBER, self.object_number[compartment]]
         return cols + list(self.parent.values()) if compartment == self.hub else cols
 
+    def cell_number_compartment(self) -> str:
+        """The compartment whose object number names a cell: Cells, else the hub."""
+        return "Cells" if "Cells" in self.object_number else self.hub
+
     def cell_number(self) -> str:
-        return self.object_number.get("Cells", self.object_number[self.hub])
+        return self.object_number[self.cell_number_compartment()]
 
 
 def object_number_column(columns: Sequence[str], compartment: str, where: str) -> str:
@@ -58,32 +64,50 @@ def link_compartments(columns: dict[str, list[str]], where: dict[str, str], hub:
     return Links(hub, parent, numbers)
 
 
-def merge_objects(frames: dict[str, pd.DataFrame], links: Links) -> pd.DataFrame:
-    """One row per hub object with a parent in every other compartment (inner joins, as pycytominer)."""
-    cells = frames[links.hub]
+KEY_SHIFT = 2**32  # (ImageNumber, object number) as one int64: image * KEY_SHIFT + object
+
+
+def object_numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of image or object numbers as float64 (missing: NaN)."""
+    return pc.cast(column, pa.float64()).to_numpy()
+
+
+def object_keys(images: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """(ImageNumber, object number) pairs as one int64 key; -1 (matching nothing) where either is missing or not
+    a whole number in range, as SQL's join leaves NULL keys unmatched."""
+    valid = (np.isfinite(images) & np.isfinite(objects) & (images == np.floor(images)) & (objects == np.floor(objects))
+             & (images >= 0) & (images < 2**31) & (objects >= 0) & (objects < KEY_SHIFT))
+    keys = np.full(len(images), -1, np.int64)
+    keys[valid] = images[valid].astype(np.int64) * KEY_SHIFT + objects[valid].astype(np.int64)
+    return keys
+
+
+def join_objects(tables: dict[str, pa.Table], links: Links, paths: dict[str, object]) -> dict[str, np.ndarray]:
+    """pycytominer's merge (inner joins) as row numbers: for each hub object with a parent in every other
+    compartment (hub order), its row in each compartment's table. An object number repeated within an image is an
+    InputError naming the file (the merge would duplicate cells)."""
+    hub = tables[links.hub]
+    hub_images = object_numbers(hub.column(IMAGE_NUMBER))
+    rows = {links.hub: np.arange(hub.num_rows)}
+    keep = np.ones(hub.num_rows, bool)
     for compartment, parent in links.parent.items():
-        cells = cells.merge(
-            frames[compartment],
-            left_on=[IMAGE_NUMBER, parent],
-            right_on=[IMAGE_NUMBER, links.object_number[compartment]],
-            how="inner",
-            validate="many_to_one",
-        )
-    return cells
-
-
-def attach_images(cells: pd.DataFrame, images: pd.DataFrame, links: Links) -> pd.DataFrame:
-    """Add image metadata and object/image numbers; order by image rank, then object number."""
-    cells = cells.merge(images, on=IMAGE_NUMBER, how="inner", validate="many_to_one")
-    cells = cells.sort_values([IMAGE_RANK, links.object_number[links.hub]], kind="stable")
-    numbers = pd.DataFrame(
-        {
-            IMAGE_NUMBER_META: cells[IMAGE_NUMBER].astype("int64").astype(str),
-            OBJECT_NUMBER: cells[links.cell_number()].astype("int64").astype(str),
-        },
-        index=cells.index,
-    )
-    return pd.concat([cells, numbers], axis=1)
+        table, number = tables[compartment], links.object_number[compartment]
+        keys = object_keys(object_numbers(table.column(IMAGE_NUMBER)), object_numbers(table.column(number)))
+        sorter = np.argsort(keys, kind="stable")
+        ordered = keys[sorter]
+        repeated = ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)]
+        if len(repeated):
+            raise InputError(f"{paths[compartment]}: {number} {repeated[0] % KEY_SHIFT} repeats within ImageNumber "
+                             f"{repeated[0] // KEY_SHIFT}: each object must have one row")
+        wanted = object_keys(hub_images, object_numbers(hub.column(parent)))
+        if not len(ordered):
+            keep[:] = False
+            rows[compartment] = np.zeros(hub.num_rows, np.int64)
+            continue
+        at = np.searchsorted(ordered, wanted).clip(max=len(ordered) - 1)
+        keep &= (wanted >= 0) & (ordered[at] == wanted)
+        rows[compartment] = sorter[at]
+    return {c: r[keep] for c, r in rows.items()}
 
 
 def compartment_features(features: Sequence[str], compartment: str) -> list[str]:

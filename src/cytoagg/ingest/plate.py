@@ -22,7 +22,7 @@ from ..settings import Settings
 from .cellprofiler_csv import CellProfilerCsvSource
 from .formats import FORMATS, detect_format
 from .single_cell import SingleCellCsv, SingleCellParquet
-from .source import Source, Tally, choose_features, to_float32
+from .source import Source, Tally, choose_features
 from .sqlite import SqliteSource
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def open_source(source: Path, fmt: str, compartments: Sequence[str], well_col: s
             raise InputError(f"{source}: fmt='cp_csv' needs a folder of CellProfiler CSV site folders")
         return CellProfilerCsvSource(source, compartments, well_col, workdir, hub, links)
     if fmt == "parquet":
-        return SingleCellParquet(source, well_col)
+        return SingleCellParquet(source, well_col, workdir=workdir)
     if fmt == "csv":
         return SingleCellCsv(source, well_col, workdir)
     raise InputError(f"{source}: unknown format {fmt!r} (expected auto or one of {FORMATS})")
@@ -273,14 +273,21 @@ def _check_plate(path, plate: str, settings: IngestSettings, tally: Tally, log) 
 
 def _pandas_batches(src, read_metadata, columns, kept, chunk_rows, plate, plate_col, annotations, well_col, tally,
                     schema) -> Iterator[pa.Table]:
-    for batch in src.batches(read_metadata, kept, chunk_rows):
-        if plate_col in batch:
-            tally.source_plates.update(batch[plate_col].dropna().astype(str).unique())
-        batch = annotate(batch.assign(**{plate_col: plate}), annotations, well_col, tally)
-        if len(batch):
-            tally.add(batch[well_col])
-            frame = pd.concat([batch[columns], to_float32(batch, kept, src.path)], axis=1)
-            yield to_arrow(frame, schema)
+    """The cells of a source's ``split_batches`` as final Arrow tables: the metadata annotated in pandas (cells of
+    wells not in the platemap dropped), the float32 features straight into Arrow."""
+    meta_schema = pa.schema([schema.field(c) for c in columns])
+    for meta, values in src.split_batches(read_metadata, kept, chunk_rows):
+        meta = meta.reset_index(drop=True)
+        if plate_col in meta:
+            tally.source_plates.update(meta[plate_col].dropna().astype(str).unique())
+        n = len(meta)
+        meta = annotate(meta.assign(**{plate_col: plate}), annotations, well_col, tally)
+        if len(meta):
+            tally.add(meta[well_col])
+            rows = None if len(meta) == n else meta.index.to_numpy()
+            arrays = to_arrow(meta[columns], meta_schema).columns
+            arrays += [pa.array(v if rows is None else np.asarray(v)[rows], type=pa.float32()) for v in values]
+            yield pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _workers(workers) -> int:

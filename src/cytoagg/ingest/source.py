@@ -41,14 +41,24 @@ class Tally:
 
 class Source:
     """One plate's cells. ``columns`` lists every column in the merged layout (image metadata as ``Metadata_*``);
-    ``batches`` yields cells ordered by well, with the given metadata and features."""
+    ``batches`` yields cells ordered by well, with the given metadata and features; ``split_batches`` the same
+    cells as their metadata (pandas) and their features (float32 arrays). A source defines one of the two."""
 
     format: str
     path: Path
     columns: list[str]
 
     def batches(self, metadata: list[str], features: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
-        raise NotImplementedError
+        for meta, values in self.split_batches(metadata, features, chunk_rows):
+            yield pd.concat([meta, pd.DataFrame(dict(zip(features, values)), index=meta.index)], axis=1)
+
+    def split_batches(self, metadata: list[str], features: list[str], chunk_rows: int
+                      ) -> Iterator[tuple[pd.DataFrame, list[np.ndarray]]]:
+        """Each batch's ``metadata`` columns, and its ``features`` as float32 arrays (one per feature), which
+        ingest hands to Arrow without going through pandas."""
+        for frame in self.batches(metadata, features, chunk_rows):
+            values = to_float32(frame, features, self.path)
+            yield frame[metadata], [values[f].to_numpy() for f in features]
 
     def close(self) -> None:
         pass

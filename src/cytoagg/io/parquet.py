@@ -65,11 +65,25 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema | None = None) -> pa.Table:
     for field in schema:
         col = df[field.name]
         if pa.types.is_string(field.type):
-            values = col.astype(object).where(col.notna(), None)
-            arrays.append(pa.array([None if v is None else str(v) for v in values], type=pa.string()))
+            arrays.append(_strings(col))
         else:
             arrays.append(pa.array(np.asarray(col, dtype=np.float32), type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _strings(col: pd.Series) -> pa.Array:
+    """``str`` of every value, missing values null. Text and integer columns are converted by Arrow (the same
+    strings, without a Python object per value); others (floats: ``str(1.0)`` is ``1.0``) value by value."""
+    if col.dtype == object or pd.api.types.is_string_dtype(col) or pd.api.types.is_integer_dtype(col):
+        try:
+            values = pa.array(col, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            values = None  # mixed objects
+        if values is not None and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+                                   or pa.types.is_integer(values.type) or pa.types.is_null(values.type)):
+            return values.cast(pa.string())
+    values = col.astype(object).where(col.notna(), None)
+    return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
 # Key-value metadata (provenance) cytoagg writes into the Parquet files of model outputs: the model profiles, and
