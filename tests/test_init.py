@@ -45,6 +45,9 @@ def test_fibrosis_plates_differing_features_prenormalized(tmp_path, capsys):
     assert "Metadata_cell_type: 2 values, 2 in 2+ wells; healthy (16), failing (16)" in text
     assert "Metadata_WellRow" not in text.split("Candidates")[1].split("perturbation:")[0]  # a position, not a treatment
     assert config["metadata"]["negcon_value"] is None and config["evaluate"]["pipelines"] == ["raw"]
+    # no Cells_AreaShape_Area on these plates: the filtered_mean baseline filters on an area they have
+    assert config["evaluate"]["filtered_mean"]["feature"] == "Cytoplasm_AreaShape_Area"
+    assert "filtered_mean" in config["evaluate"]["baselines"]
     assert "QUESTION: no value of" in text  # all wells are DMSO in another column: no control among the candidates
     assert config["compounds"]["validation"] == 0  # 2 treatments: none can be held out
     assert "localhost240926150001: 8 wells, 607 cells (85 per well)" in text
@@ -97,3 +100,19 @@ def test_position_columns_are_never_treatments():
     for column in ("Metadata_broad_sample", "Metadata_pert_id", "Metadata_genotype", "Metadata_cell_type",
                    "Metadata_compound_kind", "Metadata_moa"):
         assert not is_position(column), column
+
+
+def test_plates_without_an_area_leave_the_filtered_mean_baseline_out(tmp_path):
+    import pandas as pd
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for plate in ("localhost240926150001", "localhost240927060001"):
+        df = pd.read_parquet(FIBROSIS / f"{plate}_test.parquet")
+        df.drop(columns=[c for c in df.columns if c.endswith("_AreaShape_Area")]).to_parquet(data / f"{plate}.parquet")
+    out = tmp_path / "mine.yaml"
+    assert main(["init", str(data / "{plate}.parquet"), "--out", str(out)]) == 0
+    config = checked(out)
+    assert "filtered_mean" not in config["evaluate"]["baselines"]
+    assert set(config["evaluate"]["baselines"]) == {"mean", "median", "mean_std", "mean_cov"}
+    assert "no <compartment>_AreaShape_Area on every plate" in out.read_text()

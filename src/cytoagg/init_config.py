@@ -412,9 +412,19 @@ def build_config(pattern: str, plates: dict[str, PlateInfo], skipped: list[str],
             "  # device: auto    # CUDA when present",
             "",
         ]
+    evaluate = []
     if negcon is None:
-        lines += ["evaluate:", "  # no negative controls: the profile pipelines that normalize against them are off",
-                  "  pipelines: [raw]", ""]
+        evaluate += ["  # no negative controls: the profile pipelines that normalize against them are off",
+                     "  pipelines: [raw]"]
+    # the filtered_mean baseline keeps the cells above a quantile of their area: an area every plate has
+    area = next((f"{c}_AreaShape_Area" for c in compartments if f"{c}_AreaShape_Area" in common), None)
+    if area:
+        evaluate += ["  filtered_mean:", f"    feature: {area}  # the cell area the filtered_mean baseline filters on"]
+    else:
+        evaluate += ["  # no <compartment>_AreaShape_Area on every plate: the filtered_mean baseline (cells filtered on",
+                     "  # their area) is left out; name another feature under filtered_mean: to keep it",
+                     "  baselines: [mean, median, mean_std, mean_cov]"]
+    lines += ["evaluate:", *evaluate, ""]
     header = [
         f"# cytoagg config written by `cytoagg init {pattern}` from {len(names)} plate(s).",
         "# Run: snakemake --cores 2 --configfile THIS_FILE   (every key left out takes the default documented in",
