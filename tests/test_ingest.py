@@ -297,13 +297,16 @@ def test_csv_folders_merged_as_pycytominer_merges(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got[feats].to_numpy(), ref[feats].to_numpy(np.float32))
 
 
-def test_csv_folder_repeated_object_number_is_an_input_error(tmp_path):
+@pytest.mark.parametrize("name, message", [("Nuclei.csv", "repeats within ImageNumber"),
+                                           ("Cytoplasm.csv", "repeats within ImageNumber"),  # the hub
+                                           ("Image.csv", "has more than one row")])
+def test_csv_folder_repeated_object_or_image_is_an_input_error(tmp_path, name, message):
     rng = np.random.default_rng(4)
     write_site(tmp_path / "plate" / "s1", "A01", [1], rng)
-    nuclei = tmp_path / "plate" / "s1" / "Nuclei.csv"
-    df = pd.read_csv(nuclei)
-    pd.concat([df, df.iloc[[4]]]).to_csv(nuclei, index=False)
-    assert_rejected(tmp_path / "plate", tmp_path / "out.parquet", str(nuclei), "repeats within ImageNumber", plate="P1",
+    path = tmp_path / "plate" / "s1" / name
+    df = pd.read_csv(path)
+    pd.concat([df, df.iloc[[len(df) - 1]]]).to_csv(path, index=False)
+    assert_rejected(tmp_path / "plate", tmp_path / "out.parquet", str(path), message, plate="P1",
                     max_cells_without_image=0.5)
 
 

@@ -114,6 +114,11 @@ class CellProfilerCsvSource(Source):
             tables = list(pool.map(lambda i: self._image_table(i, metadata), range(len(self.sites))))
         frame = pa.concat_tables(tables).to_pandas()
         frame[IMAGE_NUMBER] = frame[IMAGE_NUMBER].astype("int64")
+        repeated = frame[frame.duplicated(["_site", IMAGE_NUMBER])]
+        if len(repeated):
+            site, number = repeated[["_site", IMAGE_NUMBER]].iloc[0]
+            raise InputError(f"{self.files[self.sites[site]]['Image']}: ImageNumber {number} has more than one row: "
+                             "each image must have one")
         return order_images(frame, self.well_col, self.path, ["_site", IMAGE_NUMBER])
 
     def _read_tables(self, i: int, features: dict[str, list[str]]) -> dict[str, pa.Table]:

@@ -88,17 +88,11 @@ def join_objects(tables: dict[str, pa.Table], links: Links, paths: dict[str, obj
     InputError naming the file (the merge would duplicate cells)."""
     hub = tables[links.hub]
     hub_images = object_numbers(hub.column(IMAGE_NUMBER))
+    _sorted_object_keys(hub, links.object_number[links.hub], paths[links.hub])  # the hub's objects are unique too
     rows = {links.hub: np.arange(hub.num_rows)}
     keep = np.ones(hub.num_rows, bool)
     for compartment, parent in links.parent.items():
-        table, number = tables[compartment], links.object_number[compartment]
-        keys = object_keys(object_numbers(table.column(IMAGE_NUMBER)), object_numbers(table.column(number)))
-        sorter = np.argsort(keys, kind="stable")
-        ordered = keys[sorter]
-        repeated = ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)]
-        if len(repeated):
-            raise InputError(f"{paths[compartment]}: {number} {repeated[0] % KEY_SHIFT} repeats within ImageNumber "
-                             f"{repeated[0] // KEY_SHIFT}: each object must have one row")
+        sorter, ordered = _sorted_object_keys(tables[compartment], links.object_number[compartment], paths[compartment])
         wanted = object_keys(hub_images, object_numbers(hub.column(parent)))
         if not len(ordered):
             keep[:] = False
@@ -108,6 +102,19 @@ def join_objects(tables: dict[str, pa.Table], links: Links, paths: dict[str, obj
         keep &= (wanted >= 0) & (ordered[at] == wanted)
         rows[compartment] = sorter[at]
     return {c: r[keep] for c, r in rows.items()}
+
+
+def _sorted_object_keys(table: pa.Table, number: str, path) -> tuple[np.ndarray, np.ndarray]:
+    """The table's (ImageNumber, ``number``) keys: (the order that sorts them, sorted). A repeated object is an
+    InputError naming ``path``."""
+    keys = object_keys(object_numbers(table.column(IMAGE_NUMBER)), object_numbers(table.column(number)))
+    sorter = np.argsort(keys, kind="stable")
+    ordered = keys[sorter]
+    repeated = ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)]
+    if len(repeated):
+        raise InputError(f"{path}: {number} {repeated[0] % KEY_SHIFT} repeats within ImageNumber "
+                         f"{repeated[0] // KEY_SHIFT}: each object must have one row")
+    return sorter, ordered
 
 
 def compartment_features(features: Sequence[str], compartment: str) -> list[str]:

@@ -41,8 +41,8 @@ class Tally:
 
 class Source:
     """One plate's cells. ``columns`` lists every column in the merged layout (image metadata as ``Metadata_*``);
-    ``batches`` yields cells ordered by well, with the given metadata and features; ``split_batches`` the same
-    cells as their metadata (pandas) and their features (float32 arrays). A source defines one of the two."""
+    ``split_batches`` yields cells ordered by well as their metadata (pandas) and their features (float32
+    arrays); ``batches`` the same cells as one frame. A source defines ``split_batches``."""
 
     format: str
     path: Path
@@ -56,9 +56,7 @@ class Source:
                       ) -> Iterator[tuple[pd.DataFrame, list[np.ndarray]]]:
         """Each batch's ``metadata`` columns, and its ``features`` as float32 arrays (one per feature), which
         ingest hands to Arrow without going through pandas."""
-        for frame in self.batches(metadata, features, chunk_rows):
-            values = to_float32(frame, features, self.path)
-            yield frame[metadata], [values[f].to_numpy() for f in features]
+        raise NotImplementedError(f"{type(self).__name__} does not read cells in batches")
 
     def close(self) -> None:
         pass
