@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from ..io.columns import is_metadata, metadata_columns
 from ..io.files import InputError
 from ..io.parquet import cell_writer, profile_schema, to_arrow
 from .compartments import compartment_features, join_objects, link_compartments, object_numbers
-from .formats import check_csv_complete
+from .formats import check_csv_complete, read_arrow_csv
 from .single_cell import SLICE_BYTES, SingleCellParquet
 from .source import IMAGE_NUMBER, IMAGE_NUMBER_META, IMAGE_RANK, OBJECT_NUMBER, Source, order_images
 
@@ -86,27 +85,14 @@ class CellProfilerCsvSource(Source):
         parse differs from that in the last bit of ~0.2% of values)."""
         path = self.files[site][compartment]
         names = {c: c if c == IMAGE_NUMBER else c.removeprefix(f"{compartment}_") for c in columns}
-        try:
-            table = read_arrow_csv(path, list(names.values()), {names[c]: pa.float64() for c in features})
-        except InputError:
-            present = {self._prefix(c, compartment) for c in read_header(path) if not is_metadata(c)}
-            missing = [c for c in columns if c not in present]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
-            raise
+        table = _read_site_csv(path, list(names.values()), {names[c]: pa.float64() for c in features})
         return table.rename_columns(columns)
 
     def _image_table(self, i: int, metadata: list[str]) -> pa.Table:
         """One folder's Image.csv: ImageNumber and ``metadata`` (as text; pandas' missing-value spellings missing)."""
         path = self.files[self.sites[i]]["Image"]
         wanted = [IMAGE_NUMBER, *dict.fromkeys(m for m in metadata if m != IMAGE_NUMBER)]
-        try:
-            table = read_arrow_csv(path, wanted, dict.fromkeys(wanted, pa.string()))
-        except InputError:
-            missing = [c for c in wanted if c not in read_header(path)]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
-            raise
+        table = _read_site_csv(path, wanted, dict.fromkeys(wanted, pa.string()))
         return table.append_column("_site", pa.array(np.full(table.num_rows, i)))
 
     def _images(self, metadata: list[str]) -> pd.DataFrame:
@@ -246,23 +232,24 @@ def csv_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+def _read_site_csv(path: Path, columns: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+    """``columns`` of one site's file (:func:`read_arrow_csv`); one that the file lacks is named in the error."""
+    try:
+        big = path.stat().st_size > BIG_CSV_BYTES  # a site's small files in one thread each (READ_THREADS at once)
+        return read_arrow_csv(path, columns, types, threads=big)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except InputError:
+        present = set(read_header(path))
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {missing[:10]}") from None
+        raise
+
+
 def read_header(path: Path) -> list[str]:
     """The column names of a CSV (plain or gzipped); an empty file is an InputError naming it."""
     return list(read_csv(path, nrows=0).columns)
-
-
-def read_arrow_csv(path: Path, columns: list[str], types: dict[str, pa.DataType]) -> pa.Table:
-    """``columns`` of a CSV (plain or gzipped) with Arrow's reader, ``types`` forced (others inferred); a bad file
-    (cut off, a row of the wrong length, text in a number column) is an InputError naming the file."""
-    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, strings_can_be_null=True)
-    try:
-        with pa.OSFile(str(path)) as raw:
-            stream = pa.CompressedInputStream(raw, "gzip") if path.name.lower().endswith(".gz") else raw
-            # a site's small files in one thread each (several are parsed at once: READ_THREADS), big ones in Arrow's
-            big = path.stat().st_size > BIG_CSV_BYTES
-            return pacsv.read_csv(stream, read_options=pacsv.ReadOptions(use_threads=big), convert_options=convert)
-    except (pa.ArrowException, OSError, EOFError, zlib.error) as e:
-        raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def read_csv(path: Path, **kwargs) -> pd.DataFrame:

@@ -6,6 +6,7 @@ import csv
 import os
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,11 +79,28 @@ def arrow_csv_batches(path: Path, columns: list[str], types: dict[str, pa.DataTy
     """``columns`` of a CSV (plain or gzipped), streamed with Arrow's reader in blocks of ``block_bytes``,
     ``types`` forced (others inferred); pandas' missing-value spellings ("", "NA", "nan", ...) read as missing.
     A bad file (cut off, a row of the wrong length, text in a number column) is an InputError naming it."""
-    convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, strings_can_be_null=True)
+    with _arrow_csv(path) as stream:
+        yield from pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_bytes),
+                                  convert_options=_convert(columns, types))
+
+
+def read_arrow_csv(path: Path, columns: list[str], types: dict[str, pa.DataType], threads: bool = True) -> pa.Table:
+    """As :func:`arrow_csv_batches`, the whole file at once: one table, parsed with Arrow's threads or (``threads``
+    false: a small file among several parsed at once) in the calling thread."""
+    with _arrow_csv(path) as stream:
+        return pacsv.read_csv(stream, read_options=pacsv.ReadOptions(use_threads=threads),
+                              convert_options=_convert(columns, types))
+
+
+def _convert(columns: list[str], types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+    return pacsv.ConvertOptions(include_columns=columns, column_types=types, strings_can_be_null=True)
+
+
+@contextmanager
+def _arrow_csv(path: Path) -> Iterator[pa.NativeFile]:
+    """The file's byte stream (gunzipped for ``.gz``); Arrow's and the OS's read errors as an InputError naming it."""
     try:
         with pa.OSFile(str(path)) as raw:
-            stream = pa.CompressedInputStream(raw, "gzip") if path.name.lower().endswith(".gz") else raw
-            yield from pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_bytes),
-                                      convert_options=convert)
+            yield pa.CompressedInputStream(raw, "gzip") if path.name.lower().endswith(".gz") else raw
     except (pa.ArrowException, OSError, EOFError, zlib.error) as e:
         raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
