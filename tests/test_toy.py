@@ -108,6 +108,7 @@ def test_the_readmes_toy_presets_plan_one_run_per_epsilon(tmp_path):
         (["covariance_standardized.yaml"], 1),
         (["sphering.yaml", "sphering_paper.yaml"], 3),
         (["sphering.yaml", "sphering_rotated.yaml"], 3),
+        (["sphering.yaml", "sphering_original.yaml"], 3),
     ]:
         jobs = planned_jobs(wd, configfiles=[f"experiments/{p}" for p in presets])
         assert jobs.get("toy_train") == jobs.get("toy_data") == runs, (presets, jobs)
